@@ -1,0 +1,1 @@
+//! flowgate: gates inbound workflow webhooks inside Envoy.
