@@ -1,0 +1,414 @@
+//! HTTP handling: webhooks (CONTRACT section 3), the flow directory (section 4) and the
+//! `/_executor/*` control endpoints that demos and end-to-end tests use to inspect and steer the
+//! executor (received requests, runs, faults, flow changes).
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use tiny_http::{Header, Request, Response};
+
+use crate::flows::{bind_body, Flow};
+use crate::queue::{now_ms, Queue};
+
+/// Path prefix of forwarded webhooks (the filter's default `webhook_path_prefix`).
+pub const WEBHOOK_PREFIX: &str = "/v1/flow-webhook/";
+
+type Resp = Response<Cursor<Vec<u8>>>;
+
+/// A misbehaviour injected on purpose (`PUT /_executor/fault`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    None,
+    /// Answer this status with a small JSON body instead of running.
+    Status(u16),
+    /// Answer 200, `content-type: application/json`, with a body that is not JSON.
+    Garbage,
+    /// Sleep this long, then behave normally.
+    Slow(u64),
+}
+
+impl Fault {
+    fn parse(v: &Value) -> Result<Fault, String> {
+        match v.get("mode").and_then(Value::as_str) {
+            Some("none") => Ok(Fault::None),
+            Some("garbage") => Ok(Fault::Garbage),
+            Some("status") => match v.get("status").and_then(Value::as_u64) {
+                Some(s @ 100..=599) => Ok(Fault::Status(s as u16)),
+                _ => Err("mode \"status\" needs \"status\": 100..=599".into()),
+            },
+            Some("slow") => v
+                .get("delay_ms")
+                .and_then(Value::as_u64)
+                .map(Fault::Slow)
+                .ok_or_else(|| "mode \"slow\" needs \"delay_ms\": <ms>".into()),
+            _ => Err("\"mode\" must be one of none, status, garbage, slow".into()),
+        }
+    }
+
+    fn to_json(self) -> Value {
+        match self {
+            Fault::None => json!({"mode": "none"}),
+            Fault::Status(s) => json!({"mode": "status", "status": s}),
+            Fault::Garbage => json!({"mode": "garbage"}),
+            Fault::Slow(ms) => json!({"mode": "slow", "delay_ms": ms}),
+        }
+    }
+
+    /// Applies the fault: sleeps for `Slow`, returns the replacement answer for `Status`/`Garbage`.
+    fn apply(self) -> Option<Resp> {
+        match self {
+            Fault::None => None,
+            Fault::Slow(ms) => {
+                thread::sleep(Duration::from_millis(ms));
+                None
+            }
+            Fault::Status(s) => Some(json_response(
+                s,
+                &json!({"error": "injected fault", "status": s}),
+            )),
+            Fault::Garbage => Some(with_json_type(
+                Response::from_data(b"<html>oops".to_vec()).with_status_code(200),
+            )),
+        }
+    }
+}
+
+/// The current flows plus the directory answer computed from them.
+struct FlowSet {
+    flows: Vec<Arc<Flow>>,
+    directory: Vec<u8>,
+    etag: String,
+}
+
+impl FlowSet {
+    fn new(flows: Vec<Arc<Flow>>) -> FlowSet {
+        let public: Vec<Value> = flows.iter().map(|f| f.public()).collect();
+        let directory = serde_json::to_vec(&json!({ "flows": public })).expect("JSON serialises");
+        let etag = format!("\"{:016x}-{:x}\"", fnv1a64(&directory), directory.len());
+        FlowSet {
+            flows,
+            directory,
+            etag,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Arc<Flow>> {
+        self.flows.iter().find(|f| f.id == id)
+    }
+
+    /// A new set with `flow` replacing the flow with the same id (or appended).
+    fn with(&self, flow: Flow) -> FlowSet {
+        let mut flows = self.flows.clone();
+        match flows.iter().position(|f| f.id == flow.id) {
+            Some(i) => flows[i] = Arc::new(flow),
+            None => flows.push(Arc::new(flow)),
+        }
+        FlowSet::new(flows)
+    }
+}
+
+/// 64-bit FNV-1a: a stable content hash for the directory's ETag.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Shared executor state.
+pub struct App {
+    flows: RwLock<FlowSet>,
+    received: Mutex<Vec<Value>>,
+    fault: Mutex<Fault>,
+    directory_fault: Mutex<Fault>,
+    pub queue: Arc<Queue>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl App {
+    pub fn new(flows: Vec<Flow>, queue: Arc<Queue>) -> App {
+        App {
+            flows: RwLock::new(FlowSet::new(flows.into_iter().map(Arc::new).collect())),
+            received: Mutex::new(Vec::new()),
+            fault: Mutex::new(Fault::None),
+            directory_fault: Mutex::new(Fault::None),
+            queue,
+        }
+    }
+
+    /// The flow with this id, as currently defined.
+    pub fn flow(&self, id: &str) -> Option<Arc<Flow>> {
+        self.flows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn update_flows(&self, change: impl FnOnce(&FlowSet) -> Result<FlowSet, Resp>) -> Resp {
+        let mut set = self.flows.write().unwrap_or_else(|e| e.into_inner());
+        match change(&set) {
+            Ok(new) => {
+                *set = new;
+                json_response(200, &json!({"ok": true, "etag": set.etag}))
+            }
+            Err(resp) => resp,
+        }
+    }
+
+    /// Answers one request (reading its body first).
+    pub fn handle(&self, request: &mut Request) -> Resp {
+        let mut body = Vec::new();
+        if let Err(e) = request.as_reader().read_to_end(&mut body) {
+            return error(400, &format!("could not read the request body: {e}"));
+        }
+        let method = request.method().as_str().to_ascii_uppercase();
+        let url = request.url().to_string();
+        let path = url.split('?').next().unwrap_or("");
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|h| {
+                (
+                    h.field.as_str().as_str().to_ascii_lowercase(),
+                    h.value.as_str().to_string(),
+                )
+            })
+            .collect();
+
+        if path.starts_with(WEBHOOK_PREFIX) {
+            return self.webhook(&method, &url, &headers, &body);
+        }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method.as_str(), segments.as_slice()) {
+            ("GET", ["v1", "flows"]) => self.directory(&headers),
+            ("GET", ["_executor", "health"]) => json_response(200, &json!({"ok": true})),
+            ("GET", ["_executor", "requests"]) => {
+                json_response(200, &Value::Array(lock(&self.received).clone()))
+            }
+            ("DELETE", ["_executor", "requests"]) => {
+                lock(&self.received).clear();
+                json_response(200, &json!({"ok": true}))
+            }
+            ("GET", ["_executor", "runs"]) => match self.queue.list() {
+                Ok(runs) => json_response(200, &Value::Array(runs)),
+                Err(e) => error(500, &format!("run store: {e}")),
+            },
+            ("GET", ["_executor", "runs", run_id]) => match self.queue.get(run_id) {
+                Ok(Some(run)) => json_response(200, &run),
+                Ok(None) => error(404, "unknown run"),
+                Err(e) => error(500, &format!("run store: {e}")),
+            },
+            ("GET", ["_executor", "fault"]) => json_response(200, &lock(&self.fault).to_json()),
+            ("PUT", ["_executor", "fault"]) => set_fault(&self.fault, &body),
+            ("GET", ["_executor", "directory-fault"]) => {
+                json_response(200, &lock(&self.directory_fault).to_json())
+            }
+            ("PUT", ["_executor", "directory-fault"]) => set_fault(&self.directory_fault, &body),
+            ("GET", ["_executor", "flows"]) => {
+                let set = self.flows.read().unwrap_or_else(|e| e.into_inner());
+                let all: Vec<Value> = set
+                    .flows
+                    .iter()
+                    .map(|f| Value::Object(f.raw.clone()))
+                    .collect();
+                json_response(200, &json!({ "flows": all }))
+            }
+            ("POST", ["_executor", "flows"]) => {
+                let flow = match parse_json(&body).and_then(|v| Flow::from_json(&v)) {
+                    Ok(flow) => flow,
+                    Err(e) => return error(400, &e),
+                };
+                self.update_flows(|set| Ok(set.with(flow)))
+            }
+            ("PUT", ["_executor", "flows", id]) => {
+                let patch = match parse_json(&body) {
+                    Ok(Value::Object(patch)) => patch,
+                    Ok(_) => return error(400, "expected a JSON object"),
+                    Err(e) => return error(400, &e),
+                };
+                self.update_flows(|set| {
+                    let Some(current) = set.get(id) else {
+                        return Err(error(404, "unknown flow"));
+                    };
+                    if patch.get("id").is_some_and(|new| new.as_str() != Some(id)) {
+                        return Err(error(400, "the `id` of a flow cannot be changed"));
+                    }
+                    let mut merged: Map<String, Value> = current.raw.clone();
+                    merged.extend(patch);
+                    let flow =
+                        Flow::from_json(&Value::Object(merged)).map_err(|e| error(400, &e))?;
+                    Ok(set.with(flow))
+                })
+            }
+            ("DELETE", ["_executor", "flows", id]) => self.update_flows(|set| {
+                if set.get(id).is_none() {
+                    return Err(error(404, "unknown flow"));
+                }
+                Ok(FlowSet::new(
+                    set.flows.iter().filter(|f| f.id != *id).cloned().collect(),
+                ))
+            }),
+            _ => error(404, "not found"),
+        }
+    }
+
+    /// `GET /v1/flows`: the directory with a strong ETag; `If-None-Match` -> 304.
+    fn directory(&self, headers: &[(String, String)]) -> Resp {
+        if let Some(resp) = lock(&self.directory_fault).apply() {
+            return resp;
+        }
+        let set = self.flows.read().unwrap_or_else(|e| e.into_inner());
+        let etag = Header::from_bytes(&b"ETag"[..], set.etag.as_bytes()).expect("valid header");
+        let not_modified = header(headers, "if-none-match").is_some_and(|inm| {
+            inm.split(',')
+                .map(str::trim)
+                .any(|tag| tag == set.etag || tag == "*")
+        });
+        if not_modified {
+            return Response::from_data(Vec::new())
+                .with_status_code(304)
+                .with_header(etag);
+        }
+        with_json_type(Response::from_data(set.directory.clone()).with_header(etag))
+    }
+
+    /// A webhook the filter admitted: record it, apply the fault, then run or queue the flow.
+    fn webhook(&self, method: &str, url: &str, headers: &[(String, String)], body: &[u8]) -> Resp {
+        let received_at_ms = now_ms();
+        lock(&self.received).push(json!({
+            "method": method,
+            "path": url,
+            "headers": headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>(),
+            "body_b64": base64::engine::general_purpose::STANDARD.encode(body),
+            "body": String::from_utf8_lossy(body),
+            "received_at_ms": received_at_ms,
+        }));
+
+        let flow_id = header(headers, "x-flowgate-flow-id")
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let rest = &url[WEBHOOK_PREFIX.len()..];
+                rest.split(['/', '?']).next().unwrap_or("").to_string()
+            });
+        let Some(flow) = self.flow(&flow_id) else {
+            return error(404, "unknown flow");
+        };
+
+        let fault = *lock(&self.fault);
+        if let Some(resp) = fault.apply() {
+            return resp;
+        }
+
+        let content_type = header(headers, "content-type");
+        let is_async =
+            header(headers, "x-flowgate-mode").is_some_and(|m| m.eq_ignore_ascii_case("async"));
+        if is_async {
+            return match self.queue.enqueue(&flow.id, content_type, body) {
+                Ok(run_id) => json_response(202, &json!({ "run_id": run_id })),
+                Err(e) => error(503, &format!("could not queue the run: {e}")),
+            };
+        }
+
+        thread::sleep(Duration::from_millis(flow.run_ms));
+        let result = flow.run(bind_body(content_type, body));
+        if let Err(e) =
+            self.queue
+                .record_sync(&flow.id, received_at_ms, content_type, body, &result)
+        {
+            eprintln!(
+                "flowgate-executor: recording a sync run of {} failed: {e}",
+                flow.id
+            );
+        }
+        match result {
+            Ok(output) => json_response(200, &output),
+            Err(e) => error(500, &e),
+        }
+    }
+}
+
+fn set_fault(slot: &Mutex<Fault>, body: &[u8]) -> Resp {
+    match parse_json(body).and_then(|v| Fault::parse(&v)) {
+        Ok(fault) => {
+            *lock(slot) = fault;
+            json_response(200, &fault.to_json())
+        }
+        Err(e) => error(400, &e),
+    }
+}
+
+/// The first value of a (lowercase) header.
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))
+}
+
+fn with_json_type(resp: Resp) -> Resp {
+    resp.with_header(
+        Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("valid header"),
+    )
+}
+
+fn json_response(status: u16, value: &Value) -> Resp {
+    let body = serde_json::to_vec(value).expect("JSON serialises");
+    with_json_type(Response::from_data(body).with_status_code(status))
+}
+
+fn error(status: u16, message: &str) -> Resp {
+    json_response(status, &json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_round_trip() {
+        for v in [
+            json!({"mode": "none"}),
+            json!({"mode": "status", "status": 503}),
+            json!({"mode": "garbage"}),
+            json!({"mode": "slow", "delay_ms": 3000}),
+        ] {
+            assert_eq!(Fault::parse(&v).unwrap().to_json(), v);
+        }
+        assert!(Fault::parse(&json!({"mode": "status", "status": 42})).is_err());
+        assert!(Fault::parse(&json!({"mode": "slow"})).is_err());
+        assert!(Fault::parse(&json!({"mode": "chaos"})).is_err());
+    }
+
+    #[test]
+    fn directory_strips_executor_fields_and_etag_follows_content() {
+        let flow = |status: &str| {
+            Flow::from_json(
+                &json!({"id": "f", "ref_id": "w", "status": status, "run_ms": 3,
+                "steps": [{"ref_id": "r", "values": {"v": "1"}}]}),
+            )
+            .unwrap()
+        };
+        let a = FlowSet::new(vec![Arc::new(flow("live"))]);
+        let dir: Value = serde_json::from_slice(&a.directory).unwrap();
+        assert_eq!(
+            dir,
+            json!({"flows": [{"id": "f", "ref_id": "w", "status": "live"}]})
+        );
+        assert_eq!(FlowSet::new(vec![Arc::new(flow("live"))]).etag, a.etag);
+        let b = a.with(flow("paused"));
+        assert_ne!(b.etag, a.etag);
+        assert_eq!(b.flows.len(), 1);
+        assert!(a.etag.starts_with('"') && a.etag.ends_with('"'));
+    }
+}
