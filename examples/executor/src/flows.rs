@@ -63,10 +63,7 @@ impl Flow {
             Some(Value::String(id)) if !id.is_empty() => id.clone(),
             _ => return Err("a flow needs a non-empty string `id`".to_string()),
         };
-        let ref_id = raw
-            .get("ref_id")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let ref_id = raw.get("ref_id").and_then(Value::as_str).map(str::to_string);
         let run_ms = match raw.get("run_ms") {
             None | Some(Value::Null) => 0,
             Some(v) => v
@@ -110,14 +107,9 @@ impl Flow {
         for step in &self.steps {
             let mut values = Map::new();
             for (key, expr) in &step.values {
-                let value = expr.eval(&context).map_err(|e| {
-                    format!(
-                        "flow {}: step {} value {key:?}: {}",
-                        self.id,
-                        step.ref_id,
-                        describe(&e)
-                    )
-                })?;
+                let value = expr
+                    .eval(&context)
+                    .map_err(|e| format!("flow {}: step {} value {key:?}: {}", self.id, step.ref_id, describe(&e)))?;
                 let value = serde_json::to_value(&value).map_err(|e| {
                     format!(
                         "flow {}: step {} value {key:?}: not representable as JSON: {e}",
@@ -152,26 +144,15 @@ fn compile_step(flow_id: &str, index: usize, step: &Value) -> Result<Step, Strin
             .iter()
             .map(|(key, source)| {
                 let source = source.as_str().ok_or_else(|| {
-                    format!(
-                        "flow {flow_id}: step {ref_id} value {key:?} must be a string expression"
-                    )
+                    format!("flow {flow_id}: step {ref_id} value {key:?} must be a string expression")
                 })?;
                 let expr = ENV
                     .compile_expression_owned(source.to_string())
-                    .map_err(|e| {
-                        format!(
-                            "flow {flow_id}: step {ref_id} value {key:?}: {}",
-                            describe(&e)
-                        )
-                    })?;
+                    .map_err(|e| format!("flow {flow_id}: step {ref_id} value {key:?}: {}", describe(&e)))?;
                 Ok((key.clone(), expr))
             })
             .collect::<Result<Vec<_>, String>>()?,
-        Some(_) => {
-            return Err(format!(
-                "flow {flow_id}: step {ref_id}: `values` must be an object"
-            ))
-        }
+        Some(_) => return Err(format!("flow {flow_id}: step {ref_id}: `values` must be an object")),
     };
     Ok(Step { ref_id, values })
 }
@@ -285,9 +266,7 @@ mod tests {
     #[test]
     fn seed_step_yields_my_result() {
         let f = seed_flow();
-        let out = f
-            .run(json!({"company_id": 123456, "user_id": 789123}))
-            .unwrap();
+        let out = f.run(json!({"company_id": 123456, "user_id": 789123})).unwrap();
         assert_eq!(out, json!({"res1": {"value": "myResult"}}));
         let out = f.run(json!({"company_id": 1})).unwrap();
         assert_eq!(out, json!({"res1": {"value": "other"}}));
@@ -346,10 +325,7 @@ mod tests {
         raw.insert("run_ms".into(), json!(5));
         let f = Flow::from_json(&Value::Object(raw)).unwrap();
         assert_eq!(f.run_ms, 5);
-        assert_eq!(
-            f.public(),
-            json!({"id": "f-1001", "ref_id": "web1", "status": "live"})
-        );
+        assert_eq!(f.public(), json!({"id": "f-1001", "ref_id": "web1", "status": "live"}));
     }
 
     #[test]
@@ -360,10 +336,7 @@ mod tests {
         );
         assert_eq!(bind_body(Some("application/vnd.api+json"), b"3"), json!(3));
         assert_eq!(bind_body(Some("application/json"), b""), Value::Null);
-        assert_eq!(
-            bind_body(Some("application/json"), b"{oops"),
-            json!("{oops")
-        );
+        assert_eq!(bind_body(Some("application/json"), b"{oops"), json!("{oops"));
         assert_eq!(
             bind_body(
                 Some("application/x-www-form-urlencoded"),
@@ -379,9 +352,25 @@ mod tests {
     fn load_file_ignores_extra_keys_and_rejects_duplicates() {
         let flows = load_file(r#"{"_demo_tokens": {"f": ["t"]}, "flows": [{"id": "f"}]}"#).unwrap();
         assert_eq!(flows.len(), 1);
-        let err = load_file(r#"{"flows": [{"id": "f"}, {"id": "f"}]}"#)
-            .err()
-            .unwrap();
+        let err = load_file(r#"{"flows": [{"id": "f"}, {"id": "f"}]}"#).err().unwrap();
         assert!(err.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn shipped_demo_flows_load_and_run() {
+        let text = include_str!("../../flows.json");
+        let flows = load_file(text).unwrap();
+        let ids: Vec<&str> = flows.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["f-1001", "f-1002", "f-1003", "f-1004", "f-1005"]);
+        let doc: Value = serde_json::from_str(text).unwrap();
+        for flow in &flows {
+            let tokens = doc["_demo_tokens"][&flow.id].as_array().unwrap();
+            let digests = flow.raw["token_sha256"].as_array().unwrap();
+            assert_eq!(tokens.len(), digests.len(), "{}", flow.id);
+            assert!(tokens.iter().all(|t| t.as_str().unwrap().len() >= 50));
+        }
+        let body = bind_body(Some("application/json"), br#"{"company_id": 123456}"#);
+        assert_eq!(flows[0].run(body).unwrap(), json!({"res1": {"value": "myResult"}}));
+        assert_eq!(flows[2].run_ms, 2000);
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! flowgate-executor [--listen 127.0.0.1:8081] [--flows examples/flows.json] [--db PATH]
+//!                   [--webhook-prefix /v1/flow-webhook/]
 //! ```
 //!
 //! This file parses the arguments and runs the HTTP server; see `flows.rs` (definitions and step
@@ -27,16 +28,18 @@ use server::App;
 /// Request-handling threads; each blocks in `recv()`, so a slow request only holds its own thread.
 const THREADS: usize = 16;
 
-const USAGE: &str = "usage: flowgate-executor [--listen ADDR] [--flows FILE] [--db FILE]
+const USAGE: &str = "usage: flowgate-executor [--listen ADDR] [--flows FILE] [--db FILE] [--webhook-prefix P]
 
-  --listen ADDR  address to serve on (default 127.0.0.1:8081; port 0 picks a free port)
-  --flows FILE   flow definitions (default examples/flows.json)
-  --db FILE      SQLite run store (default flowgate-executor.sqlite3 in the system temp dir)";
+  --listen ADDR         address to serve on (default 127.0.0.1:8081; port 0 picks a free port)
+  --flows FILE          flow definitions (default examples/flows.json)
+  --db FILE             SQLite run store (default flowgate-executor.sqlite3 in the system temp dir)
+  --webhook-prefix P    path prefix of webhooks (default /v1/flow-webhook/, as the filter's default)";
 
 struct Args {
     listen: String,
     flows: PathBuf,
     db: PathBuf,
+    webhook_prefix: String,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -44,6 +47,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         listen: "127.0.0.1:8081".into(),
         flows: PathBuf::from("examples/flows.json"),
         db: std::env::temp_dir().join("flowgate-executor.sqlite3"),
+        webhook_prefix: server::DEFAULT_WEBHOOK_PREFIX.into(),
     };
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -61,6 +65,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--listen" => parsed.listen = value,
             "--flows" => parsed.flows = value.into(),
             "--db" => parsed.db = value.into(),
+            "--webhook-prefix" if value.starts_with('/') => parsed.webhook_prefix = value,
+            "--webhook-prefix" => return Err("--webhook-prefix must start with /".into()),
             _ => return Err(format!("unknown argument {name}")),
         }
     }
@@ -89,11 +95,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let text = std::fs::read_to_string(&args.flows)
-        .map_err(|e| format!("{}: {e}", args.flows.display()))?;
+    let text = std::fs::read_to_string(&args.flows).map_err(|e| format!("{}: {e}", args.flows.display()))?;
     let flows = flows::load_file(&text).map_err(|e| format!("{}: {e}", args.flows.display()))?;
     let queue = Arc::new(Queue::open(&args.db).map_err(|e| format!("{}: {e}", args.db.display()))?);
-    let app = Arc::new(App::new(flows, Arc::clone(&queue)));
+    let app = Arc::new(App::new(flows, args.webhook_prefix, Arc::clone(&queue)));
 
     let lookup: FlowLookup = {
         let app = Arc::clone(&app);
@@ -103,10 +108,7 @@ fn run(args: Args) -> Result<(), String> {
         .start_worker(lookup)
         .map_err(|e| format!("starting the worker: {e}"))?;
 
-    let server = Arc::new(
-        tiny_http::Server::http(&args.listen)
-            .map_err(|e| format!("listen {}: {e}", args.listen))?,
-    );
+    let server = Arc::new(tiny_http::Server::http(&args.listen).map_err(|e| format!("listen {}: {e}", args.listen))?);
     let addr = server
         .server_addr()
         .to_ip()
@@ -157,14 +159,7 @@ mod tests {
         assert_eq!(a.listen, "127.0.0.1:8081");
         assert_eq!(a.flows, PathBuf::from("examples/flows.json"));
         assert!(a.db.ends_with("flowgate-executor.sqlite3"));
-        let a = args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--db=/tmp/x.db",
-            "--flows",
-            "f.json",
-        ])
-        .unwrap();
+        let a = args(&["--listen", "127.0.0.1:0", "--db=/tmp/x.db", "--flows", "f.json"]).unwrap();
         assert_eq!(
             (a.listen.as_str(), a.db, a.flows),
             ("127.0.0.1:0", "/tmp/x.db".into(), "f.json".into())

@@ -98,12 +98,7 @@ impl Queue {
     }
 
     /// Durably queues an async run and returns its id. When this returns `Ok`, the row is committed.
-    pub fn enqueue(
-        &self,
-        flow_id: &str,
-        content_type: Option<&str>,
-        body: &[u8],
-    ) -> rusqlite::Result<String> {
+    pub fn enqueue(&self, flow_id: &str, content_type: Option<&str>, body: &[u8]) -> rusqlite::Result<String> {
         let run_id = new_run_id();
         self.conn().execute(
             "INSERT INTO runs (run_id, flow_id, mode, state, received_at_ms, content_type, body)
@@ -207,15 +202,11 @@ impl Queue {
     /// Requeues interrupted runs and starts the dispatcher thread.
     pub fn start_worker(self: &Arc<Self>, lookup: FlowLookup) -> rusqlite::Result<()> {
         let resumed = self.requeue_interrupted()?;
-        let pending: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM runs WHERE state = 'queued'",
-            [],
-            |r| r.get(0),
-        )?;
+        let pending: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM runs WHERE state = 'queued'", [], |r| r.get(0))?;
         if pending > 0 {
-            eprintln!(
-                "flowgate-executor: resuming {pending} queued run(s) ({resumed} interrupted)"
-            );
+            eprintln!("flowgate-executor: resuming {pending} queued run(s) ({resumed} interrupted)");
         }
         let (tx, rx) = mpsc::channel();
         *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
@@ -265,10 +256,7 @@ impl Queue {
         };
         if let Err(e) = self.finish(&run.run_id, &result) {
             // The row stays `running` and is retried after the next restart.
-            eprintln!(
-                "flowgate-executor: finishing run {} failed: {e}",
-                run.run_id
-            );
+            eprintln!("flowgate-executor: finishing run {} failed: {e}", run.run_id);
         }
     }
 }
@@ -312,10 +300,7 @@ mod tests {
     use std::time::Instant;
 
     fn temp_db(name: &str) -> std::path::PathBuf {
-        let path = std::env::temp_dir().join(format!(
-            "flowgate-executor-test-{name}-{}.sqlite3",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("flowgate-executor-test-{name}-{}.sqlite3", std::process::id()));
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
@@ -348,11 +333,8 @@ mod tests {
         {
             // A "previous process": one run queued, one left running (as after SIGKILL).
             let q = Queue::open(&path).unwrap();
-            q.enqueue("f", Some("application/json"), br#"{"x": 1}"#)
-                .unwrap();
-            let second = q
-                .enqueue("f", Some("application/json"), br#"{"x": 2}"#)
-                .unwrap();
+            q.enqueue("f", Some("application/json"), br#"{"x": 1}"#).unwrap();
+            let second = q.enqueue("f", Some("application/json"), br#"{"x": 2}"#).unwrap();
             let claimed = q.claim().unwrap().unwrap();
             assert_ne!(claimed.run_id, second);
         }
@@ -385,9 +367,7 @@ mod tests {
         let run = wait_state(&q, &id, "failed");
         assert_eq!(run["state"], "failed");
         assert!(run["error"].as_str().unwrap().contains("unknown flow"));
-        let id = q
-            .record_sync("f", now_ms(), None, b"", &Ok(json!({"r": {}})))
-            .unwrap();
+        let id = q.record_sync("f", now_ms(), None, b"", &Ok(json!({"r": {}}))).unwrap();
         let run = q.get(&id).unwrap().unwrap();
         assert_eq!(run["mode"], "sync");
         assert_eq!(run["state"], "completed");

@@ -11,11 +11,11 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tiny_http::{Header, Request, Response};
 
-use crate::flows::{bind_body, Flow};
+use crate::flows::{bind_body, load_file, Flow};
 use crate::queue::{now_ms, Queue};
 
-/// Path prefix of forwarded webhooks (the filter's default `webhook_path_prefix`).
-pub const WEBHOOK_PREFIX: &str = "/v1/flow-webhook/";
+/// Default path prefix of webhooks (the filter's default `webhook_path_prefix`).
+pub const DEFAULT_WEBHOOK_PREFIX: &str = "/v1/flow-webhook/";
 
 type Resp = Response<Cursor<Vec<u8>>>;
 
@@ -66,10 +66,7 @@ impl Fault {
                 thread::sleep(Duration::from_millis(ms));
                 None
             }
-            Fault::Status(s) => Some(json_response(
-                s,
-                &json!({"error": "injected fault", "status": s}),
-            )),
+            Fault::Status(s) => Some(json_response(s, &json!({"error": "injected fault", "status": s}))),
             Fault::Garbage => Some(with_json_type(
                 Response::from_data(b"<html>oops".to_vec()).with_status_code(200),
             )),
@@ -89,11 +86,7 @@ impl FlowSet {
         let public: Vec<Value> = flows.iter().map(|f| f.public()).collect();
         let directory = serde_json::to_vec(&json!({ "flows": public })).expect("JSON serialises");
         let etag = format!("\"{:016x}-{:x}\"", fnv1a64(&directory), directory.len());
-        FlowSet {
-            flows,
-            directory,
-            etag,
-        }
+        FlowSet { flows, directory, etag }
     }
 
     fn get(&self, id: &str) -> Option<&Arc<Flow>> {
@@ -124,6 +117,9 @@ pub struct App {
     received: Mutex<Vec<Value>>,
     fault: Mutex<Fault>,
     directory_fault: Mutex<Fault>,
+    /// The flows loaded at startup (`POST /_executor/reset` restores them).
+    initial_flows: Vec<Arc<Flow>>,
+    webhook_prefix: String,
     pub queue: Arc<Queue>,
 }
 
@@ -132,23 +128,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl App {
-    pub fn new(flows: Vec<Flow>, queue: Arc<Queue>) -> App {
+    pub fn new(flows: Vec<Flow>, webhook_prefix: String, queue: Arc<Queue>) -> App {
+        let initial_flows: Vec<Arc<Flow>> = flows.into_iter().map(Arc::new).collect();
         App {
-            flows: RwLock::new(FlowSet::new(flows.into_iter().map(Arc::new).collect())),
+            flows: RwLock::new(FlowSet::new(initial_flows.clone())),
             received: Mutex::new(Vec::new()),
             fault: Mutex::new(Fault::None),
             directory_fault: Mutex::new(Fault::None),
+            initial_flows,
+            webhook_prefix,
             queue,
         }
     }
 
     /// The flow with this id, as currently defined.
     pub fn flow(&self, id: &str) -> Option<Arc<Flow>> {
-        self.flows
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
+        self.flows.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
     fn update_flows(&self, change: impl FnOnce(&FlowSet) -> Result<FlowSet, Resp>) -> Resp {
@@ -182,16 +177,15 @@ impl App {
             })
             .collect();
 
-        if path.starts_with(WEBHOOK_PREFIX) {
-            return self.webhook(&method, &url, &headers, &body);
+        // Everything but the directory and the control endpoints is traffic Envoy forwarded.
+        if path != "/v1/flows" && !path.starts_with("/_executor/") {
+            return self.forwarded(&method, &url, &headers, &body);
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["v1", "flows"]) => self.directory(&headers),
             ("GET", ["_executor", "health"]) => json_response(200, &json!({"ok": true})),
-            ("GET", ["_executor", "requests"]) => {
-                json_response(200, &Value::Array(lock(&self.received).clone()))
-            }
+            ("GET", ["_executor", "requests"]) => json_response(200, &Value::Array(lock(&self.received).clone())),
             ("DELETE", ["_executor", "requests"]) => {
                 lock(&self.received).clear();
                 json_response(200, &json!({"ok": true}))
@@ -207,18 +201,28 @@ impl App {
             },
             ("GET", ["_executor", "fault"]) => json_response(200, &lock(&self.fault).to_json()),
             ("PUT", ["_executor", "fault"]) => set_fault(&self.fault, &body),
-            ("GET", ["_executor", "directory-fault"]) => {
-                json_response(200, &lock(&self.directory_fault).to_json())
-            }
+            ("GET", ["_executor", "directory-fault"]) => json_response(200, &lock(&self.directory_fault).to_json()),
             ("PUT", ["_executor", "directory-fault"]) => set_fault(&self.directory_fault, &body),
             ("GET", ["_executor", "flows"]) => {
                 let set = self.flows.read().unwrap_or_else(|e| e.into_inner());
-                let all: Vec<Value> = set
-                    .flows
-                    .iter()
-                    .map(|f| Value::Object(f.raw.clone()))
-                    .collect();
+                let all: Vec<Value> = set.flows.iter().map(|f| Value::Object(f.raw.clone())).collect();
                 json_response(200, &json!({ "flows": all }))
+            }
+            ("PUT", ["_executor", "flows"]) => {
+                let flows = match std::str::from_utf8(&body)
+                    .map_err(|e| format!("body is not UTF-8: {e}"))
+                    .and_then(load_file)
+                {
+                    Ok(flows) => flows,
+                    Err(e) => return error(400, &e),
+                };
+                self.update_flows(|_| Ok(FlowSet::new(flows.into_iter().map(Arc::new).collect())))
+            }
+            ("POST", ["_executor", "reset"]) => {
+                *lock(&self.fault) = Fault::None;
+                *lock(&self.directory_fault) = Fault::None;
+                lock(&self.received).clear();
+                self.update_flows(|_| Ok(FlowSet::new(self.initial_flows.clone())))
             }
             ("POST", ["_executor", "flows"]) => {
                 let flow = match parse_json(&body).and_then(|v| Flow::from_json(&v)) {
@@ -242,8 +246,7 @@ impl App {
                     }
                     let mut merged: Map<String, Value> = current.raw.clone();
                     merged.extend(patch);
-                    let flow =
-                        Flow::from_json(&Value::Object(merged)).map_err(|e| error(400, &e))?;
+                    let flow = Flow::from_json(&Value::Object(merged)).map_err(|e| error(400, &e))?;
                     Ok(set.with(flow))
                 })
             }
@@ -266,22 +269,23 @@ impl App {
         }
         let set = self.flows.read().unwrap_or_else(|e| e.into_inner());
         let etag = Header::from_bytes(&b"ETag"[..], set.etag.as_bytes()).expect("valid header");
-        let not_modified = header(headers, "if-none-match").is_some_and(|inm| {
-            inm.split(',')
-                .map(str::trim)
-                .any(|tag| tag == set.etag || tag == "*")
-        });
+        let not_modified = header(headers, "if-none-match")
+            .is_some_and(|inm| inm.split(',').map(str::trim).any(|tag| tag == set.etag || tag == "*"));
         if not_modified {
-            return Response::from_data(Vec::new())
-                .with_status_code(304)
-                .with_header(etag);
+            return Response::from_data(Vec::new()).with_status_code(304).with_header(etag);
         }
         with_json_type(Response::from_data(set.directory.clone()).with_header(etag))
     }
 
-    /// A webhook the filter admitted: record it, apply the fault, then run or queue the flow.
-    fn webhook(&self, method: &str, url: &str, headers: &[(String, String)], body: &[u8]) -> Resp {
+    /// A request Envoy forwarded. It is recorded first, whatever it is (so tests can see exactly
+    /// what got past the filter). A webhook (its path, normalised as in [`normalize_path`], starts
+    /// with the webhook prefix, or it carries `x-flowgate-flow-id`) then runs or queues its flow
+    /// after the current fault is applied; anything else is answered 404.
+    fn forwarded(&self, method: &str, url: &str, headers: &[(String, String)], body: &[u8]) -> Resp {
         let received_at_ms = now_ms();
+        let path = normalize_path(url.split('?').next().unwrap_or(""));
+        let flow_header = header(headers, "x-flowgate-flow-id");
+        let is_webhook = path.starts_with(&self.webhook_prefix) || flow_header.is_some();
         lock(&self.received).push(json!({
             "method": method,
             "path": url,
@@ -289,14 +293,20 @@ impl App {
             "body_b64": base64::engine::general_purpose::STANDARD.encode(body),
             "body": String::from_utf8_lossy(body),
             "received_at_ms": received_at_ms,
+            "webhook": is_webhook,
         }));
+        if !is_webhook {
+            return error(404, "not found");
+        }
 
-        let flow_id = header(headers, "x-flowgate-flow-id")
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                let rest = &url[WEBHOOK_PREFIX.len()..];
-                rest.split(['/', '?']).next().unwrap_or("").to_string()
-            });
+        let flow_id = match flow_header {
+            Some(id) => id.to_string(),
+            None => path[self.webhook_prefix.len()..]
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        };
         let Some(flow) = self.flow(&flow_id) else {
             return error(404, "unknown flow");
         };
@@ -307,8 +317,7 @@ impl App {
         }
 
         let content_type = header(headers, "content-type");
-        let is_async =
-            header(headers, "x-flowgate-mode").is_some_and(|m| m.eq_ignore_ascii_case("async"));
+        let is_async = header(headers, "x-flowgate-mode").is_some_and(|m| m.eq_ignore_ascii_case("async"));
         if is_async {
             return match self.queue.enqueue(&flow.id, content_type, body) {
                 Ok(run_id) => json_response(202, &json!({ "run_id": run_id })),
@@ -318,20 +327,55 @@ impl App {
 
         thread::sleep(Duration::from_millis(flow.run_ms));
         let result = flow.run(bind_body(content_type, body));
-        if let Err(e) =
-            self.queue
-                .record_sync(&flow.id, received_at_ms, content_type, body, &result)
+        if let Err(e) = self
+            .queue
+            .record_sync(&flow.id, received_at_ms, content_type, body, &result)
         {
-            eprintln!(
-                "flowgate-executor: recording a sync run of {} failed: {e}",
-                flow.id
-            );
+            eprintln!("flowgate-executor: recording a sync run of {} failed: {e}", flow.id);
         }
         match result {
             Ok(output) => json_response(200, &output),
             Err(e) => error(500, &e),
         }
     }
+}
+
+/// Normalises a path (without query) the way an executor behind Envoy might: percent-decoding
+/// (once), backslash and decoded `%2F`/`%5C` as separators, repeated slashes merged, `.` and `..`
+/// resolved (never above the root). A trailing separator is kept.
+pub fn normalize_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                decoded.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = format!("/{}", segments.join("/"));
+    let last = decoded.rsplit('/').next().unwrap_or("");
+    if !segments.is_empty() && (decoded.ends_with('/') || last == "." || last == "..") {
+        out.push('/');
+    }
+    out
 }
 
 fn set_fault(slot: &Mutex<Fault>, body: &[u8]) -> Resp {
@@ -346,10 +390,7 @@ fn set_fault(slot: &Mutex<Fault>, body: &[u8]) -> Resp {
 
 /// The first value of a (lowercase) header.
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, String> {
@@ -357,9 +398,7 @@ fn parse_json(body: &[u8]) -> Result<Value, String> {
 }
 
 fn with_json_type(resp: Resp) -> Resp {
-    resp.with_header(
-        Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("valid header"),
-    )
+    resp.with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("valid header"))
 }
 
 fn json_response(status: u16, value: &Value) -> Resp {
@@ -374,6 +413,25 @@ fn error(status: u16, message: &str) -> Resp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_normalise_like_an_executor_would() {
+        for (raw, normalised) in [
+            ("/v1/flow-webhook/f-1001", "/v1/flow-webhook/f-1001"),
+            ("//v1///flow-webhook/f-1001", "/v1/flow-webhook/f-1001"),
+            ("/v1/./x/../flow-webhook/f-1001", "/v1/flow-webhook/f-1001"),
+            ("/v1%2Fflow-webhook%2ff-1001", "/v1/flow-webhook/f-1001"),
+            ("/v1%5Cflow-webhook\\f-1001", "/v1/flow-webhook/f-1001"),
+            ("/%76%31/flow%2Dwebhook/f-1001", "/v1/flow-webhook/f-1001"),
+            ("/../../v1/flow-webhook/", "/v1/flow-webhook/"),
+            ("/v1/flow-webhook%252Ff-1001", "/v1/flow-webhook%2Ff-1001"),
+            ("/a/%zz/%4", "/a/%zz/%4"),
+            ("/", "/"),
+            ("", "/"),
+        ] {
+            assert_eq!(normalize_path(raw), normalised, "{raw}");
+        }
+    }
 
     #[test]
     fn faults_parse_and_round_trip() {
@@ -393,18 +451,13 @@ mod tests {
     #[test]
     fn directory_strips_executor_fields_and_etag_follows_content() {
         let flow = |status: &str| {
-            Flow::from_json(
-                &json!({"id": "f", "ref_id": "w", "status": status, "run_ms": 3,
-                "steps": [{"ref_id": "r", "values": {"v": "1"}}]}),
-            )
+            Flow::from_json(&json!({"id": "f", "ref_id": "w", "status": status, "run_ms": 3,
+                "steps": [{"ref_id": "r", "values": {"v": "1"}}]}))
             .unwrap()
         };
         let a = FlowSet::new(vec![Arc::new(flow("live"))]);
         let dir: Value = serde_json::from_slice(&a.directory).unwrap();
-        assert_eq!(
-            dir,
-            json!({"flows": [{"id": "f", "ref_id": "w", "status": "live"}]})
-        );
+        assert_eq!(dir, json!({"flows": [{"id": "f", "ref_id": "w", "status": "live"}]}));
         assert_eq!(FlowSet::new(vec![Arc::new(flow("live"))]).etag, a.etag);
         let b = a.with(flow("paused"));
         assert_ne!(b.etag, a.etag);
