@@ -1,1 +1,18 @@
-//! flowgate: gates inbound workflow webhooks inside Envoy.
+//! flowgate: a proxy-wasm filter that gates inbound workflow webhooks inside Envoy.
+//!
+//! The modules below the host layer are sans-I/O: they take request and response
+//! facts and return decisions, so they run natively, under wasm32 and in fuzzers.
+//! Only `host` talks to the proxy-wasm ABI.
+
+pub mod answer;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod gate;
+pub mod render;
+pub mod reply;
+pub mod route;
+pub mod wire;
+
+#[cfg(target_os = "wasi")]
+mod host;

@@ -1,0 +1,264 @@
+//! The answer to an admitted webhook, decided from what the executor (or Envoy's
+//! router on its behalf) said.
+
+use std::collections::BTreeMap;
+
+use minijinja::Value as TemplateValue;
+use serde_json::Value;
+
+use crate::config::{Flow, Mode};
+use crate::reply::{self, EdgeReply, Reply};
+
+/// The head of the response coming back from the router.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutorHead {
+    pub status: u16,
+    /// The executor itself answered (`response.code_details` is `via_upstream`);
+    /// otherwise Envoy's router made the reply (no host, reset, timeout).
+    pub via_upstream: bool,
+    /// The router gave up waiting (`response_timeout`).
+    pub timed_out: bool,
+}
+
+impl ExecutorHead {
+    /// Reads Envoy's `response.code_details` property.
+    pub fn new(status: u16, code_details: &[u8]) -> Self {
+        ExecutorHead {
+            status,
+            via_upstream: code_details == b"via_upstream",
+            timed_out: code_details.windows(16).any(|w| w == b"response_timeout"),
+        }
+    }
+}
+
+/// What to do with the executor's response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponsePlan {
+    /// Hand it to the sender unchanged (sync flow without a response template).
+    PassThrough,
+    /// Replace it with an edge reply now.
+    Reply(EdgeReply),
+    /// Read the whole body, then call [`answer`].
+    ReadBody,
+}
+
+pub fn plan(flow: &Flow, head: ExecutorHead) -> ResponsePlan {
+    if !head.via_upstream {
+        return ResponsePlan::Reply(if head.timed_out || head.status == 504 {
+            EdgeReply::ExecutorTimeout
+        } else {
+            EdgeReply::ExecutorUnavailable
+        });
+    }
+    if !(200..300).contains(&head.status) {
+        return ResponsePlan::Reply(EdgeReply::ExecutorError {
+            upstream_status: head.status,
+            detail: "flow executor answered with an error",
+        });
+    }
+    match (flow.mode, &flow.response) {
+        (Mode::Sync, None) => ResponsePlan::PassThrough,
+        _ => ResponsePlan::ReadBody,
+    }
+}
+
+/// Builds the sender's answer from the executor's 2xx body and the request body
+/// (bound as `<ref_id>`; `Null` when the flow keeps no body).
+pub fn answer(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8]) -> Result<Reply, EdgeReply> {
+    let output = serde_json::from_slice::<Value>(executor_body).ok();
+    let mut context: BTreeMap<String, TemplateValue> = BTreeMap::new();
+    if flow.mode == Mode::Async {
+        // The run is accepted (2xx) whatever the body says; only an object is passed on.
+        let run = output.filter(Value::is_object);
+        if flow.response.is_none() {
+            return Ok(reply::run_scheduled(run));
+        }
+        context.insert("run".to_string(), TemplateValue::from_serialize(run));
+    } else if let Some(Value::Object(output)) = output {
+        context.extend(
+            output
+                .into_iter()
+                .map(|(key, value)| (key, TemplateValue::from_serialize(value))),
+        );
+    } else {
+        return Err(EdgeReply::ExecutorError {
+            upstream_status: status,
+            detail: "flow executor output is not a JSON object",
+        });
+    }
+    let Some(template) = &flow.response else {
+        // `plan` passes sync flows without a template straight through.
+        return Err(EdgeReply::ExecutorError {
+            upstream_status: status,
+            detail: "flow has no response template",
+        });
+    };
+    context.insert(flow.ref_id.clone(), TemplateValue::from_serialize(request_body));
+    let body = template
+        .render(&context)
+        .map_err(|detail| EdgeReply::TemplateError { detail })?;
+    Ok(Reply {
+        status: template.status,
+        headers: vec![("content-type", template.content_type.clone())],
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginConfig;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    const SEED: &str = "{\"valid\": {% if res1.value == \"myResult\" %}\"{{ res1.value }}\"{% else %}false{% endif %}}";
+
+    fn flows() -> PluginConfig {
+        let flow = |id: &str, asynchronous: bool, response: Option<&str>| {
+            let mut flow = serde_json::json!({"id": id, "ref_id": "web1", "status": "live", "token_sha256": [DIGEST], "async": asynchronous});
+            if let Some(body) = response {
+                flow["response"] = serde_json::json!({"status": 201, "body": body});
+            }
+            flow
+        };
+        let config = serde_json::json!({"flows": [
+            flow("seed", false, Some(SEED)),
+            flow("echo", false, Some("{{ web1.company_id }}/{{ res1.value }}")),
+            flow("plain", false, None),
+            flow("queued", true, None),
+            flow("queued-tpl", true, Some("{{ run.run_id }} for {{ web1.company_id }}")),
+            flow("broken", false, Some("{{ res1.value.x.y }}")),
+        ]});
+        PluginConfig::parse(config.to_string().as_bytes()).unwrap()
+    }
+
+    fn answer_for(id: &str, body: Value, executor: &str) -> Result<Reply, EdgeReply> {
+        let config = flows();
+        answer(config.flows.get(id).unwrap(), 200, body, executor.as_bytes())
+    }
+
+    fn via_upstream(status: u16) -> ExecutorHead {
+        ExecutorHead::new(status, b"via_upstream")
+    }
+
+    #[test]
+    fn envoy_router_replies_become_executor_faults() {
+        let config = flows();
+        let flow = config.flows.get("plain").unwrap();
+        let refused = ExecutorHead::new(
+            503,
+            b"upstream_reset_before_response_started{remote_connection_failure}",
+        );
+        assert_eq!(plan(flow, refused), ResponsePlan::Reply(EdgeReply::ExecutorUnavailable));
+        assert_eq!(
+            plan(flow, ExecutorHead::new(504, b"response_timeout")),
+            ResponsePlan::Reply(EdgeReply::ExecutorTimeout)
+        );
+        assert_eq!(
+            plan(flow, ExecutorHead::new(503, b"no_healthy_upstream")),
+            ResponsePlan::Reply(EdgeReply::ExecutorUnavailable)
+        );
+    }
+
+    #[test]
+    fn executor_errors_are_502_whatever_the_flow() {
+        let config = flows();
+        for id in ["plain", "seed", "queued"] {
+            let plan = plan(config.flows.get(id).unwrap(), via_upstream(500));
+            assert!(
+                matches!(
+                    plan,
+                    ResponsePlan::Reply(EdgeReply::ExecutorError {
+                        upstream_status: 500,
+                        ..
+                    })
+                ),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_untemplated_sync_flows_pass_through() {
+        let config = flows();
+        assert_eq!(
+            plan(config.flows.get("plain").unwrap(), via_upstream(200)),
+            ResponsePlan::PassThrough
+        );
+        assert_eq!(
+            plan(config.flows.get("seed").unwrap(), via_upstream(200)),
+            ResponsePlan::ReadBody
+        );
+        assert_eq!(
+            plan(config.flows.get("queued").unwrap(), via_upstream(202)),
+            ResponsePlan::ReadBody
+        );
+    }
+
+    #[test]
+    fn sync_answers_render_the_flow_output_with_the_configured_status() {
+        let reply = answer_for("seed", Value::Null, r#"{"res1": {"value": "myResult"}}"#).unwrap();
+        assert_eq!((reply.status, reply.body), (201, br#"{"valid": "myResult"}"#.to_vec()));
+        let reply = answer_for("seed", Value::Null, r#"{"res1": {"value": "nope"}}"#).unwrap();
+        assert_eq!(reply.body, br#"{"valid": false}"#.to_vec());
+    }
+
+    #[test]
+    fn the_request_body_binds_as_the_ref_id() {
+        let reply = answer_for(
+            "echo",
+            serde_json::json!({"company_id": 123456}),
+            r#"{"res1": {"value": 7}}"#,
+        )
+        .unwrap();
+        assert_eq!(reply.body, b"123456/7".to_vec());
+    }
+
+    #[test]
+    fn non_object_output_is_an_executor_error() {
+        for output in ["<html>oops", "[1,2]", ""] {
+            let error = answer_for("seed", Value::Null, output).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    EdgeReply::ExecutorError {
+                        upstream_status: 200,
+                        ..
+                    }
+                ),
+                "{output}"
+            );
+        }
+    }
+
+    #[test]
+    fn async_acceptance_is_the_default_envelope_or_the_template() {
+        let reply = answer_for("queued", Value::Null, r#"{"run_id": "r-1"}"#).unwrap();
+        assert_eq!(
+            reply.body,
+            br#"{"status":200,"error":null,"message":"Flow run scheduled","data":{"run_id":"r-1"}}"#.to_vec()
+        );
+        let reply = answer_for("queued", Value::Null, "").unwrap();
+        assert_eq!(
+            reply.body,
+            br#"{"status":200,"error":null,"message":"Flow run scheduled","data":null}"#.to_vec()
+        );
+        let reply = answer_for(
+            "queued-tpl",
+            serde_json::json!({"company_id": 5}),
+            r#"{"run_id": "r-2"}"#,
+        )
+        .unwrap();
+        assert_eq!((reply.status, reply.body), (201, b"r-2 for 5".to_vec()));
+    }
+
+    #[test]
+    fn template_failures_are_template_errors() {
+        let error = answer_for("broken", Value::Null, r#"{"res1": {"value": 1}}"#).unwrap_err();
+        assert!(
+            matches!(&error, EdgeReply::TemplateError { detail } if detail.contains("line 1")),
+            "{error:?}"
+        );
+    }
+}

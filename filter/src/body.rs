@@ -1,0 +1,105 @@
+//! Request bodies: JSON checks and how a body binds into a template context.
+
+use serde_json::{Map, Value};
+
+use crate::route::percent_decode;
+
+/// `application/json` or any `+json` media type, parameters ignored.
+pub fn is_json(content_type: &[u8]) -> bool {
+    let essence = media_type(content_type);
+    essence.eq_ignore_ascii_case(b"application/json")
+        || essence.len() > 5
+            && essence
+                .get(essence.len() - 5..)
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(b"+json"))
+}
+
+fn is_form(content_type: &[u8]) -> bool {
+    media_type(content_type).eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+}
+
+fn media_type(content_type: &[u8]) -> &[u8] {
+    let end = content_type
+        .iter()
+        .position(|&b| b == b';')
+        .unwrap_or(content_type.len());
+    content_type.get(..end).unwrap_or_default().trim_ascii()
+}
+
+/// Checks that a body is one JSON value; the error says where parsing failed.
+pub fn check_json(body: &[u8]) -> Result<(), String> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// The body as a template sees it: parsed JSON, an object of form fields, or a string.
+pub fn bind(content_type: Option<&[u8]>, body: &[u8]) -> Value {
+    match content_type {
+        Some(ct) if is_json(ct) => serde_json::from_slice(body).unwrap_or(Value::Null),
+        Some(ct) if is_form(ct) => Value::Object(form_fields(body)),
+        _ => Value::String(String::from_utf8_lossy(body).into_owned()),
+    }
+}
+
+/// `a=1&b=x+y` -> `{"a": "1", "b": "x y"}`; a repeated field keeps its last value.
+fn form_fields(body: &[u8]) -> Map<String, Value> {
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let mut parts = pair.splitn(2, |&b| b == b'=');
+            let name = form_decode(parts.next().unwrap_or_default());
+            let value = form_decode(parts.next().unwrap_or_default());
+            (name, Value::String(value))
+        })
+        .collect()
+}
+
+fn form_decode(raw: &[u8]) -> String {
+    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    String::from_utf8_lossy(&percent_decode(&spaced)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn json_media_types() {
+        assert!(is_json(b"application/json"));
+        assert!(is_json(b"Application/JSON; charset=utf-8"));
+        assert!(is_json(b"application/vnd.api+json"));
+        assert!(!is_json(b"text/plain"));
+        assert!(!is_json(b"+json"));
+    }
+
+    #[test]
+    fn json_errors_say_where() {
+        assert!(check_json(b"{\"a\": 1,}").unwrap_err().ends_with("at line 1 column 9"));
+        assert!(check_json(b"").unwrap_err().contains("line 1 column 0"));
+        let deep = [vec![b'['; 10_000], vec![b']'; 10_000]].concat();
+        // Validation is iterative (no stack to exhaust); binding stops at serde_json's depth limit.
+        assert!(check_json(&deep).is_ok());
+        assert_eq!(bind(Some(b"application/json"), &deep), Value::Null);
+        assert!(check_json(b" {\"company_id\": 123456} ").is_ok());
+    }
+
+    #[test]
+    fn bodies_bind_by_content_type() {
+        assert_eq!(
+            bind(Some(b"application/json"), b"{\"company_id\":123456}"),
+            serde_json::json!({"company_id": 123456})
+        );
+        assert_eq!(
+            bind(
+                Some(b"application/x-www-form-urlencoded"),
+                b"company_id=123456&name=A+B%26C&flag"
+            ),
+            serde_json::json!({"company_id": "123456", "name": "A B&C", "flag": ""})
+        );
+        assert_eq!(bind(Some(b"text/plain"), b"hello"), serde_json::json!("hello"));
+        assert_eq!(bind(None, &[0xff, b'a']), serde_json::json!("\u{fffd}a"));
+    }
+}

@@ -1,0 +1,297 @@
+//! The edge decision for a request, in the contract's order:
+//! route -> flow lookup -> method -> auth -> flow status -> size/body -> run.
+
+use std::rc::Rc;
+
+use crate::auth::{self, Credentials};
+use crate::body;
+use crate::config::{Flow, FlowStatus, Flows};
+use crate::reply::EdgeReply;
+use crate::route::{self, Route};
+
+/// Header-name prefix flowgate owns: removed from every request, set only by flowgate.
+pub const OWN_HEADER_PREFIX: &[u8] = b"x-flowgate-";
+
+/// The request facts the decision needs, borrowed from the header map.
+#[derive(Debug, Default)]
+pub struct RequestHead<'a> {
+    pub method: &'a [u8],
+    pub path: &'a [u8],
+    authorization: Vec<&'a [u8]>,
+    pub content_length: Option<u64>,
+    pub content_type: Option<&'a [u8]>,
+}
+
+impl<'a> RequestHead<'a> {
+    /// Picks the facts out of `(name, value)` pairs (names lower-case, as Envoy gives them).
+    pub fn from_headers(headers: &[(&'a [u8], &'a [u8])]) -> Self {
+        let mut head = RequestHead::default();
+        for &(name, value) in headers {
+            match name {
+                b":method" => head.method = value,
+                b":path" => head.path = value,
+                b"authorization" => head.authorization.push(value),
+                b"content-length" => {
+                    head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok())
+                }
+                b"content-type" => head.content_type = Some(value),
+                _ => {}
+            }
+        }
+        head
+    }
+}
+
+/// What to do with a request once its head is known.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Not a webhook: let it through (flowgate's own headers still removed).
+    Pass,
+    /// Answer at the edge; the executor never sees the request.
+    Reply(EdgeReply),
+    /// Forward to the executor once the body (if it must be read) passes.
+    Admit(Admission),
+}
+
+/// An admitted webhook and what must still be checked of its body.
+#[derive(Debug)]
+pub struct Admission {
+    pub flow: Rc<Flow>,
+    /// The body is JSON by its content type and must parse.
+    pub json: bool,
+    /// The body is needed later, as the `<ref_id>` of the response template.
+    pub keep_body: bool,
+}
+
+impl Admission {
+    /// Whether the body must be held and read before forwarding. A body of known,
+    /// acceptable length that nobody needs streams straight through.
+    pub fn must_read_body(&self, content_length: Option<u64>) -> bool {
+        self.json || self.keep_body || content_length.is_none()
+    }
+
+    /// Checks a growing body's size; called as it arrives.
+    pub fn check_size(&self, received: u64) -> Result<(), EdgeReply> {
+        if received > self.flow.max_body_bytes {
+            return Err(EdgeReply::PayloadTooLarge {
+                limit: self.flow.max_body_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the whole body; the last step before the run.
+    pub fn check_body(&self, body: &[u8]) -> Result<(), EdgeReply> {
+        self.check_size(body.len() as u64)?;
+        if self.json {
+            body::check_json(body).map_err(|detail| EdgeReply::InvalidBody { detail })?;
+        }
+        Ok(())
+    }
+
+    /// The headers that tell the executor what flowgate decided.
+    pub fn forward_headers(&self) -> [(&'static str, &str); 4] {
+        [
+            ("x-flowgate-flow-id", &self.flow.id),
+            ("x-flowgate-ref-id", &self.flow.ref_id),
+            ("x-flowgate-mode", self.flow.mode.as_str()),
+            ("x-flowgate-flow-status", self.flow.status.as_str()),
+        ]
+    }
+}
+
+/// Decides a request from its head. `flows` is `None` while a live directory has
+/// never loaded and no static flows exist.
+pub fn decide(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'_>) -> Verdict {
+    let Ok(path) = std::str::from_utf8(head.path) else {
+        // Envoy refuses non-ASCII paths; anything else is not ours to judge.
+        return Verdict::Pass;
+    };
+    let flow_id = match route::route(prefix, path) {
+        Route::Outside => return Verdict::Pass,
+        Route::NonCanonical => return Verdict::Reply(EdgeReply::InvalidPath),
+        Route::Webhook { flow_id } => flow_id,
+    };
+    let Some(flows) = flows else {
+        return Verdict::Reply(EdgeReply::DirectoryUnavailable);
+    };
+    let Some(flow) = flows.get(flow_id) else {
+        return Verdict::Reply(EdgeReply::NotFound);
+    };
+    if !flow.methods.iter().any(|m| m.as_bytes() == head.method) {
+        return Verdict::Reply(EdgeReply::MethodNotAllowed {
+            allow: flow.allow.clone(),
+        });
+    }
+    let credentials = auth::parse(head.authorization.iter().copied());
+    let authorised = match credentials {
+        Credentials::Bearer(token) => auth::matches_any(&auth::digest(token), &flow.tokens),
+        Credentials::Missing | Credentials::Malformed => false,
+    };
+    if !authorised {
+        return Verdict::Reply(EdgeReply::Unauthorized {
+            token_presented: credentials.token_presented(),
+        });
+    }
+    if flow.status == FlowStatus::Paused {
+        return Verdict::Reply(EdgeReply::Paused);
+    }
+    let admission = Admission {
+        flow: Rc::clone(flow),
+        json: head.content_type.is_some_and(body::is_json),
+        keep_body: flow.response.is_some(),
+    };
+    if let Some(length) = head.content_length {
+        if let Err(too_large) = admission.check_size(length) {
+            return Verdict::Reply(too_large);
+        }
+    }
+    Verdict::Admit(admission)
+}
+
+/// True for headers a sender may not supply.
+pub fn is_own_header(name: &[u8]) -> bool {
+    name.len() >= OWN_HEADER_PREFIX.len()
+        && name
+            .get(..OWN_HEADER_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(OWN_HEADER_PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginConfig;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const TOKEN: &str = "demo-token-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH";
+    const ROTATED: &str = "rotated-token-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEF";
+
+    fn config() -> PluginConfig {
+        let hex = |token: &str| {
+            auth::digest(token.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let json = serde_json::json!({"flows": [
+            {"id": "f-1", "ref_id": "web1", "status": "live", "token_sha256": [hex(TOKEN), hex(ROTATED)], "max_body_bytes": 10},
+            {"id": "f-2", "ref_id": "web2", "status": "paused", "token_sha256": [hex(TOKEN)], "methods": ["POST", "PUT"]},
+        ]});
+        PluginConfig::parse(json.to_string().as_bytes()).unwrap()
+    }
+
+    fn decide_on(headers: &[(&str, &str)]) -> Verdict {
+        let pairs: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+        let config = config();
+        decide(
+            &config.webhook_path_prefix,
+            Some(&config.flows),
+            &RequestHead::from_headers(&pairs),
+        )
+    }
+
+    fn webhook(path: &str, method: &str, authorization: Option<&str>) -> Verdict {
+        let bearer = authorization.map(|token| format!("Bearer {token}"));
+        let mut headers = vec![(":method", method), (":path", path)];
+        if let Some(value) = &bearer {
+            headers.push(("authorization", value));
+        }
+        decide_on(&headers)
+    }
+
+    fn reply_code(verdict: Verdict) -> &'static str {
+        match verdict {
+            Verdict::Reply(reply) => reply.code(),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn checks_run_in_the_contracts_order() {
+        assert_eq!(
+            reply_code(webhook("/v1//flow-webhook/f-1", "GET", None)),
+            "invalid_path"
+        );
+        assert_eq!(reply_code(webhook("/v1/flow-webhook/nope", "GET", None)), "not_found");
+        assert_eq!(
+            reply_code(webhook("/v1/flow-webhook/f-1", "GET", None)),
+            "method_not_allowed"
+        );
+        assert_eq!(
+            reply_code(webhook("/v1/flow-webhook/f-1", "POST", None)),
+            "unauthorized"
+        );
+        assert_eq!(
+            reply_code(webhook("/v1/flow-webhook/f-2", "PUT", Some(TOKEN))),
+            "biz_logic"
+        );
+    }
+
+    #[test]
+    fn a_paused_flow_is_only_revealed_to_its_token_holders() {
+        assert_eq!(
+            reply_code(webhook("/v1/flow-webhook/f-2", "POST", Some("wrong"))),
+            "unauthorized"
+        );
+    }
+
+    #[test]
+    fn rotated_tokens_both_admit() {
+        for token in [TOKEN, ROTATED] {
+            assert!(matches!(
+                webhook("/v1/flow-webhook/f-1?x=1", "POST", Some(token)),
+                Verdict::Admit(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn content_length_over_the_limit_is_refused_before_the_body() {
+        let bearer = format!("bearer {TOKEN}");
+        let verdict = decide_on(&[
+            (":method", "POST"),
+            (":path", "/v1/flow-webhook/f-1"),
+            ("authorization", &bearer),
+            ("content-length", "11"),
+        ]);
+        assert_eq!(reply_code(verdict), "payload_too_large");
+    }
+
+    #[test]
+    fn admitted_bodies_are_checked_as_they_arrive() {
+        let bearer = format!("Bearer {TOKEN}");
+        let verdict = decide_on(&[
+            (":method", "POST"),
+            (":path", "/v1/flow-webhook/f-1"),
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ]);
+        let Verdict::Admit(admission) = verdict else {
+            panic!("not admitted")
+        };
+        assert!(admission.must_read_body(Some(5)));
+        assert_eq!(admission.check_body(b"{\"a\":").unwrap_err().code(), "invalid_body");
+        assert_eq!(
+            admission.check_body(b"[1,2,3,4,5,6]").unwrap_err().code(),
+            "payload_too_large"
+        );
+        assert!(admission.check_body(b"{\"a\":1}").is_ok());
+        assert_eq!(admission.forward_headers()[2], ("x-flowgate-mode", "sync"));
+    }
+
+    #[test]
+    fn other_paths_pass_and_own_headers_are_recognised() {
+        assert!(matches!(webhook("/healthz", "GET", None), Verdict::Pass));
+        assert!(is_own_header(b"x-flowgate-mode"));
+        assert!(is_own_header(b"X-Flowgate-Flow-Id"));
+        assert!(!is_own_header(b"x-flowgat"));
+    }
+
+    #[test]
+    fn an_unloaded_directory_is_unavailable() {
+        let pairs: Vec<(&[u8], &[u8])> = vec![(b":method", b"POST"), (b":path", b"/v1/flow-webhook/f-1")];
+        let verdict = decide("/v1/flow-webhook/", None, &RequestHead::from_headers(&pairs));
+        assert_eq!(reply_code(verdict), "directory_unavailable");
+    }
+}

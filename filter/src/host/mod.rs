@@ -1,0 +1,14 @@
+//! The only code that calls the proxy-wasm host: a root context that loads the
+//! configuration and an HTTP context per request that applies the core's decisions.
+
+mod abi;
+mod root;
+mod stream;
+
+use proxy_wasm::traits::RootContext;
+use proxy_wasm::types::LogLevel;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::Root::default()) });
+}}

@@ -1,0 +1,231 @@
+//! One HTTP stream: applies the gate to the request and the answer rules to the
+//! executor's response. The state of a stream is its `Phase`.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use serde_json::Value;
+
+use super::abi;
+use super::root::Edge;
+use crate::answer::{self, ExecutorHead, ResponsePlan};
+use crate::body;
+use crate::gate::{self, Admission, RequestHead, Verdict};
+use crate::reply::{EdgeReply, Reply};
+
+/// Largest executor answer flowgate reads to render a response.
+const MAX_EXECUTOR_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+enum Phase {
+    /// Not a webhook, or an answer already passing through.
+    Untouched,
+    /// Admitted; holding the request until its body has been checked.
+    ReadingRequest {
+        admission: Admission,
+        content_type: Option<Vec<u8>>,
+    },
+    /// Handed to the executor; `request_body` is what templates see as `<ref_id>`.
+    Forwarded { admission: Admission, request_body: Value },
+    /// Reading the executor's 2xx answer to render the sender's reply.
+    ReadingAnswer {
+        admission: Admission,
+        request_body: Value,
+        status: u16,
+    },
+    /// flowgate answered itself; its own reply must not be rewritten.
+    Answered,
+}
+
+pub struct Stream {
+    edge: Rc<Edge>,
+    phase: Phase,
+}
+
+impl Stream {
+    pub fn new(edge: Rc<Edge>) -> Self {
+        Stream {
+            edge,
+            phase: Phase::Untouched,
+        }
+    }
+
+    fn send(&mut self, reply: Reply) -> Action {
+        self.phase = Phase::Answered;
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body)) {
+            log::warn!("flowgate: could not send reply: {status:?}");
+        }
+        Action::Pause
+    }
+
+    fn refuse(&mut self, refusal: EdgeReply, flow_id: &str) -> Action {
+        log::debug!(
+            "flowgate: {} flow={flow_id:?} status={}",
+            refusal.code(),
+            refusal.status()
+        );
+        self.send(refusal.reply())
+    }
+
+    fn forward(&mut self, admission: Admission, request_body: Value) -> Action {
+        self.phase = Phase::Forwarded {
+            admission,
+            request_body,
+        };
+        Action::Continue
+    }
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let map = abi::header_map(MapType::HttpRequestHeaders);
+        let Some(headers) = crate::wire::decode_header_map(&map) else {
+            log::warn!("flowgate: unreadable request headers");
+            return Action::Continue;
+        };
+        for (name, _) in headers.iter().filter(|(name, _)| gate::is_own_header(name)) {
+            if let Ok(name) = std::str::from_utf8(name) {
+                abi::set_header(MapType::HttpRequestHeaders, name, None);
+            }
+        }
+        let head = RequestHead::from_headers(&headers);
+        let flows = self.edge.flows.as_deref();
+        let admission = match gate::decide(&self.edge.prefix, flows, &head) {
+            Verdict::Pass => return Action::Continue,
+            Verdict::Reply(reply) => {
+                let path = String::from_utf8_lossy(head.path);
+                return self.refuse(reply, path.get(..200).unwrap_or(&path));
+            }
+            Verdict::Admit(admission) => admission,
+        };
+        abi::set_header(MapType::HttpRequestHeaders, "authorization", None);
+        for (name, value) in admission.forward_headers() {
+            abi::set_header(MapType::HttpRequestHeaders, name, Some(value));
+        }
+        if end_of_stream {
+            return match admission.check_body(&[]) {
+                Ok(()) => {
+                    let request_body = body::bind(head.content_type, &[]);
+                    self.forward(admission, request_body)
+                }
+                Err(refusal) => self.refuse(refusal, &admission.flow.id.clone()),
+            };
+        }
+        if admission.must_read_body(head.content_length) {
+            let content_type = head.content_type.map(<[u8]>::to_vec);
+            self.phase = Phase::ReadingRequest {
+                admission,
+                content_type,
+            };
+            return Action::Pause;
+        }
+        self.forward(admission, Value::Null)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Phase::ReadingRequest { admission, .. } = &self.phase else {
+            return Action::Continue;
+        };
+        if let Err(refusal) = admission.check_size(body_size as u64) {
+            let flow_id = admission.flow.id.clone();
+            return self.refuse(refusal, &flow_id);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Phase::ReadingRequest {
+            admission,
+            content_type,
+        } = std::mem::replace(&mut self.phase, Phase::Untouched)
+        else {
+            return Action::Continue;
+        };
+        let bytes = abi::buffer(BufferType::HttpRequestBody, body_size);
+        if let Err(refusal) = admission.check_body(&bytes) {
+            let flow_id = admission.flow.id.clone();
+            return self.refuse(refusal, &flow_id);
+        }
+        let request_body = if admission.keep_body {
+            body::bind(content_type.as_deref(), &bytes)
+        } else {
+            Value::Null
+        };
+        self.forward(admission, request_body)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Phase::Forwarded { admission, .. } = &self.phase else {
+            return Action::Continue;
+        };
+        let status = abi::header(MapType::HttpResponseHeaders, ":status")
+            .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse().ok()))
+            .unwrap_or(0);
+        let details = abi::property(vec!["response", "code_details"]);
+        match answer::plan(&admission.flow, ExecutorHead::new(status, &details)) {
+            ResponsePlan::PassThrough => {
+                self.phase = Phase::Untouched;
+                Action::Continue
+            }
+            ResponsePlan::Reply(fault) => {
+                let flow_id = admission.flow.id.clone();
+                self.refuse(fault, &flow_id)
+            }
+            ResponsePlan::ReadBody => {
+                let Phase::Forwarded {
+                    admission,
+                    request_body,
+                } = std::mem::replace(&mut self.phase, Phase::Untouched)
+                else {
+                    return Action::Continue;
+                };
+                self.phase = Phase::ReadingAnswer {
+                    admission,
+                    request_body,
+                    status,
+                };
+                if end_of_stream {
+                    return self.on_http_response_body(0, true);
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Phase::ReadingAnswer { admission, status, .. } = &self.phase else {
+            return Action::Continue;
+        };
+        if body_size > MAX_EXECUTOR_BODY_BYTES {
+            let fault = EdgeReply::ExecutorError {
+                upstream_status: *status,
+                detail: "flow executor output is too large",
+            };
+            let flow_id = admission.flow.id.clone();
+            return self.refuse(fault, &flow_id);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Phase::ReadingAnswer {
+            admission,
+            request_body,
+            status,
+        } = std::mem::replace(&mut self.phase, Phase::Untouched)
+        else {
+            return Action::Continue;
+        };
+        let output = abi::buffer(BufferType::HttpResponseBody, body_size);
+        match answer::answer(&admission.flow, status, request_body, &output) {
+            Ok(reply) => self.send(reply),
+            Err(fault) => self.refuse(fault, &admission.flow.id),
+        }
+    }
+}

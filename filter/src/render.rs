@@ -1,0 +1,195 @@
+//! Response templates: Jinja2 (minijinja) compiled once per flow set, rendered per answer.
+//!
+//! Rendering is bounded: minijinja fuel caps the work a template may do and the
+//! output is capped in size, so a hostile or buggy template cannot stall a worker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+use std::rc::Rc;
+
+use minijinja::{AutoEscape, Environment, Value};
+
+/// Instructions a single render may execute; the seed's template needs a few dozen.
+const FUEL: u64 = 100_000;
+/// Largest rendered body.
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// All response templates of one flow set, compiled together.
+pub struct Templates {
+    env: Environment<'static>,
+    errors: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates")
+            .field("errors", &self.errors)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compiles `(name, source)` pairs; failures are kept by name for `Templates::check`.
+pub fn compile_all<'a>(sources: impl Iterator<Item = (String, &'a str)>) -> Templates {
+    let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    let mut errors = HashMap::new();
+    for (name, source) in sources {
+        if let Err(e) = env.add_template_owned(name.clone(), source.to_string()) {
+            errors.insert(name, describe(&e));
+        }
+    }
+    Templates { env, errors }
+}
+
+impl Templates {
+    /// The compile error of a template, if it had one.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        match self.errors.get(name) {
+            Some(problem) => Err(problem.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `syntax error at line 2: unexpected end of input` — kind, line and detail; never values.
+fn describe(e: &minijinja::Error) -> String {
+    let line = e.line().map(|line| format!(" at line {line}")).unwrap_or_default();
+    match e.detail() {
+        Some(detail) => format!("{}{line}: {detail}", e.kind()),
+        None => format!("{}{line}", e.kind()),
+    }
+}
+
+/// A flow's webhook response: status, content type and a compiled body template.
+pub struct ResponseTemplate {
+    pub status: u16,
+    pub content_type: String,
+    templates: Rc<Templates>,
+    name: String,
+    flow_id: String,
+}
+
+impl std::fmt::Debug for ResponseTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseTemplate")
+            .field("status", &self.status)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseTemplate {
+    pub fn new(status: u16, content_type: String, templates: Rc<Templates>, name: String, flow_id: &str) -> Self {
+        ResponseTemplate {
+            status,
+            content_type,
+            templates,
+            name,
+            flow_id: flow_id.to_string(),
+        }
+    }
+
+    /// Renders on `context`; the error is the message of a `template_error` reply.
+    pub fn render(&self, context: &BTreeMap<String, Value>) -> Result<Vec<u8>, String> {
+        let fail = |what: String| format!("response template of flow {:?} failed: {what}", self.flow_id);
+        let template = self
+            .templates
+            .env
+            .get_template(&self.name)
+            .map_err(|e| fail(describe(&e)))?;
+        let mut out = CappedWriter(Vec::new());
+        template.render_captured_to(context, &mut out).map_err(|e| {
+            if out.0.len() > MAX_OUTPUT_BYTES {
+                fail(format!("output exceeds {MAX_OUTPUT_BYTES} bytes"))
+            } else {
+                fail(describe(&e))
+            }
+        })?;
+        Ok(out.0)
+    }
+}
+
+/// Refuses writes past `MAX_OUTPUT_BYTES` (keeping one byte more to tell why it stopped).
+struct CappedWriter(Vec<u8>);
+
+impl Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
+            self.0.resize(MAX_OUTPUT_BYTES + 1, 0);
+            return Err(io::Error::other("output too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const SEED: &str = "{\"valid\": {% if res1.value == \"myResult\" %}\"{{ res1.value }}\"{% else %}false{% endif %}}";
+
+    fn template(source: &str) -> ResponseTemplate {
+        let templates = Rc::new(compile_all(std::iter::once(("t".to_string(), source))));
+        templates.check("t").unwrap();
+        ResponseTemplate::new(200, "application/json".into(), templates, "t".into(), "f-1")
+    }
+
+    fn context(json: serde_json::Value) -> BTreeMap<String, Value> {
+        json.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from_serialize(v)))
+            .collect()
+    }
+
+    #[test]
+    fn seed_template_renders_both_ways() {
+        let seed = template(SEED);
+        let valid = seed
+            .render(&context(serde_json::json!({"res1": {"value": "myResult"}})))
+            .unwrap();
+        assert_eq!(String::from_utf8(valid).unwrap(), r#"{"valid": "myResult"}"#);
+        let invalid = seed
+            .render(&context(serde_json::json!({"res1": {"value": "other"}})))
+            .unwrap();
+        assert_eq!(String::from_utf8(invalid).unwrap(), r#"{"valid": false}"#);
+    }
+
+    #[test]
+    fn compile_errors_name_the_line() {
+        let templates = compile_all(std::iter::once(("t".to_string(), "ok\n{{ a +  }}")));
+        let problem = templates.check("t").unwrap_err();
+        assert!(problem.starts_with("syntax error at line 2"), "{problem}");
+    }
+
+    #[test]
+    fn render_errors_name_the_line_but_not_values() {
+        let problem = template("{\n{{ secret.value.deeper }}\n}")
+            .render(&context(serde_json::json!({"x": "s3cr3t"})))
+            .unwrap_err();
+        assert!(problem.contains("line 2"), "{problem}");
+        assert!(!problem.contains("s3cr3t"), "{problem}");
+    }
+
+    #[test]
+    fn endless_templates_run_out_of_fuel() {
+        let problem = template("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+            .render(&BTreeMap::new())
+            .unwrap_err();
+        assert!(problem.contains("fuel"), "{problem}");
+    }
+
+    #[test]
+    fn output_is_capped() {
+        let problem = template("{{ 'x' * 2000000 }}").render(&BTreeMap::new()).unwrap_err();
+        assert!(problem.contains("exceeds"), "{problem}");
+    }
+}

@@ -1,0 +1,252 @@
+//! The replies flowgate makes itself: one JSON envelope for every outcome decided at the edge.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The paused reply, byte for byte as the platform documents it.
+pub const PAUSED_BODY: &str = r#"{"status":200,"error":"biz_logic","message":"Flow status is `paused`. Unpause to run this flow using a webhook","data":null}"#;
+
+/// Seconds a sender should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// Everything the edge can answer on its own, in the contract's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeReply {
+    /// A path that only normalises into the webhook prefix (`//`, `%2F`, `..`, case...).
+    InvalidPath,
+    NotFound,
+    MethodNotAllowed {
+        allow: String,
+    },
+    Unauthorized {
+        token_presented: bool,
+    },
+    Paused,
+    PayloadTooLarge {
+        limit: u64,
+    },
+    InvalidBody {
+        detail: String,
+    },
+    ExecutorError {
+        upstream_status: u16,
+        detail: &'static str,
+    },
+    ExecutorUnavailable,
+    ExecutorTimeout,
+    TemplateError {
+        detail: String,
+    },
+    DirectoryUnavailable,
+}
+
+/// A complete HTTP answer: status, extra headers and the body bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    status: u16,
+    error: Option<&'a str>,
+    message: &'a str,
+    data: Option<Value>,
+}
+
+impl EdgeReply {
+    pub fn status(&self) -> u16 {
+        match self {
+            EdgeReply::InvalidPath | EdgeReply::InvalidBody { .. } => 400,
+            EdgeReply::Unauthorized { .. } => 401,
+            EdgeReply::NotFound => 404,
+            EdgeReply::MethodNotAllowed { .. } => 405,
+            EdgeReply::PayloadTooLarge { .. } => 413,
+            EdgeReply::TemplateError { .. } => 500,
+            EdgeReply::ExecutorError { .. } => 502,
+            EdgeReply::ExecutorUnavailable | EdgeReply::DirectoryUnavailable => 503,
+            EdgeReply::ExecutorTimeout => 504,
+            EdgeReply::Paused => 200,
+        }
+    }
+
+    /// The envelope's `error` code; also the suffix of the outcome's metric.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EdgeReply::InvalidPath => "invalid_path",
+            EdgeReply::NotFound => "not_found",
+            EdgeReply::MethodNotAllowed { .. } => "method_not_allowed",
+            EdgeReply::Unauthorized { .. } => "unauthorized",
+            EdgeReply::Paused => "biz_logic",
+            EdgeReply::PayloadTooLarge { .. } => "payload_too_large",
+            EdgeReply::InvalidBody { .. } => "invalid_body",
+            EdgeReply::ExecutorError { .. } => "executor_error",
+            EdgeReply::ExecutorUnavailable => "executor_unavailable",
+            EdgeReply::ExecutorTimeout => "executor_timeout",
+            EdgeReply::TemplateError { .. } => "template_error",
+            EdgeReply::DirectoryUnavailable => "directory_unavailable",
+        }
+    }
+
+    pub fn reply(&self) -> Reply {
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let EdgeReply::Paused = self {
+            return Reply {
+                status: 200,
+                headers,
+                body: PAUSED_BODY.as_bytes().to_vec(),
+            };
+        }
+        let mut data = None;
+        let message: std::borrow::Cow<'_, str> = match self {
+            EdgeReply::InvalidPath => {
+                "webhook path is not in canonical form; use the prefix followed by the flow id".into()
+            }
+            EdgeReply::NotFound => "no flow at this webhook path".into(),
+            EdgeReply::MethodNotAllowed { allow } => {
+                headers.push(("allow", allow.clone()));
+                format!("method not allowed for this flow; allowed: {allow}").into()
+            }
+            EdgeReply::Unauthorized { token_presented } => {
+                let challenge = if *token_presented {
+                    r#"Bearer realm="flowgate", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="flowgate""#
+                };
+                headers.push(("www-authenticate", challenge.to_string()));
+                if *token_presented {
+                    "invalid bearer token".into()
+                } else {
+                    "missing bearer token: send Authorization: Bearer <token>".into()
+                }
+            }
+            EdgeReply::PayloadTooLarge { limit } => {
+                format!("request body exceeds the flow's limit of {limit} bytes").into()
+            }
+            EdgeReply::InvalidBody { detail } => format!("request body is not valid JSON: {detail}").into(),
+            EdgeReply::ExecutorError {
+                upstream_status,
+                detail,
+            } => {
+                data = Some(serde_json::json!({ "upstream_status": upstream_status }));
+                (*detail).into()
+            }
+            EdgeReply::ExecutorUnavailable => {
+                headers.push(("retry-after", RETRY_AFTER_SECONDS.to_string()));
+                "flow executor unavailable; retry later".into()
+            }
+            EdgeReply::ExecutorTimeout => "flow executor did not answer in time".into(),
+            EdgeReply::TemplateError { detail } => detail.as_str().into(),
+            EdgeReply::DirectoryUnavailable => {
+                headers.push(("retry-after", RETRY_AFTER_SECONDS.to_string()));
+                "flows are not loaded yet; retry later".into()
+            }
+            EdgeReply::Paused => "".into(),
+        };
+        let envelope = Envelope {
+            status: self.status(),
+            error: Some(self.code()),
+            message: &message,
+            data,
+        };
+        Reply {
+            status: self.status(),
+            headers,
+            body: to_json(&envelope),
+        }
+    }
+}
+
+/// The default async acknowledgement: the run is queued, `data` is the executor's object.
+pub fn run_scheduled(data: Option<Value>) -> Reply {
+    let envelope = Envelope {
+        status: 200,
+        error: None,
+        message: "Flow run scheduled",
+        data,
+    };
+    Reply {
+        status: 200,
+        headers: vec![("content-type", "application/json".to_string())],
+        body: to_json(&envelope),
+    }
+}
+
+fn to_json(envelope: &Envelope<'_>) -> Vec<u8> {
+    // Serialising these plain structs cannot fail; an empty body would still be a clear failure.
+    serde_json::to_vec(envelope).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn body(reply: &Reply) -> Value {
+        serde_json::from_slice(&reply.body).unwrap()
+    }
+
+    #[test]
+    fn paused_reply_is_the_platforms_bytes() {
+        let reply = EdgeReply::Paused.reply();
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            String::from_utf8(reply.body).unwrap(),
+            "{\"status\":200,\"error\":\"biz_logic\",\"message\":\"Flow status is `paused`. Unpause to run this flow using a webhook\",\"data\":null}"
+        );
+    }
+
+    #[test]
+    fn envelope_has_exactly_four_fields_in_order() {
+        let reply = EdgeReply::NotFound.reply();
+        let text = String::from_utf8(reply.body.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"status":404,"error":"not_found","message":"#),
+            "{text}"
+        );
+        assert!(text.ends_with(r#","data":null}"#), "{text}");
+    }
+
+    #[test]
+    fn unauthorized_challenge_depends_on_presented_token() {
+        let without = EdgeReply::Unauthorized { token_presented: false }.reply();
+        assert!(without
+            .headers
+            .contains(&("www-authenticate", r#"Bearer realm="flowgate""#.into())));
+        let with = EdgeReply::Unauthorized { token_presented: true }.reply();
+        assert!(with.headers.contains(&(
+            "www-authenticate",
+            r#"Bearer realm="flowgate", error="invalid_token""#.into()
+        )));
+    }
+
+    #[test]
+    fn executor_error_carries_upstream_status() {
+        let reply = EdgeReply::ExecutorError {
+            upstream_status: 500,
+            detail: "flow executor failed",
+        }
+        .reply();
+        assert_eq!(reply.status, 502);
+        assert_eq!(body(&reply)["data"]["upstream_status"], 500);
+    }
+
+    #[test]
+    fn unavailable_replies_ask_for_a_retry() {
+        for reply in [EdgeReply::ExecutorUnavailable, EdgeReply::DirectoryUnavailable] {
+            assert!(reply.reply().headers.iter().any(|(name, _)| *name == "retry-after"));
+        }
+    }
+
+    #[test]
+    fn run_scheduled_wraps_the_executor_object() {
+        let reply = run_scheduled(Some(serde_json::json!({"run_id": "r1"})));
+        assert_eq!(
+            String::from_utf8(reply.body).unwrap(),
+            r#"{"status":200,"error":null,"message":"Flow run scheduled","data":{"run_id":"r1"}}"#
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! Route matching: is this request path a webhook, and for which flow?
+//!
+//! An executor behind Envoy may normalise paths (percent-decoding, `%2F` and `%5C`
+//! as separators, merged slashes, `.`/`..` resolved, case folding, `;params`
+//! stripped from segments as servlet containers do). Any spelling
+//! that normalises into the webhook prefix is gated: the canonical spelling
+//! `<prefix><flow_id>` is checked as that flow, every other spelling is refused.
+
+/// Where a request path leads.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'p> {
+    /// Not under the webhook prefix, however it is spelled: not flowgate's business.
+    Outside,
+    /// The canonical webhook path; `flow_id` is everything after the prefix (may be
+    /// empty or hold further segments, which no flow id matches).
+    Webhook { flow_id: &'p str },
+    /// Normalises into the prefix but is not spelled canonically: refused.
+    NonCanonical,
+}
+
+/// Times a path is percent-decoded, so double-encoded separators (`%252F`) are seen too.
+const DECODE_ROUNDS: usize = 3;
+
+/// Matches a raw `:path` (query allowed) against a canonical prefix ending in `/`.
+pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
+    let path = raw_path.split(['?', '#']).next().unwrap_or_default();
+    if let Some(rest) = path.strip_prefix(prefix) {
+        if is_plain(path) {
+            return Route::Webhook { flow_id: rest };
+        }
+    } else if is_plain(path) && !starts_with_ignore_case(path, prefix) {
+        return Route::Outside;
+    }
+    // A suspicious spelling: normalise it the way a lenient executor might.
+    let mut bytes = path.as_bytes().to_vec();
+    for _ in 0..DECODE_ROUNDS {
+        let normal = normalise(&bytes);
+        if starts_with_ignore_case_bytes(&normal, prefix.as_bytes()) {
+            return Route::NonCanonical;
+        }
+        let decoded = percent_decode(&bytes);
+        if decoded == bytes {
+            break;
+        }
+        bytes = decoded;
+    }
+    Route::Outside
+}
+
+/// True when nothing in `s` could be rewritten by path normalisation.
+fn is_plain(s: &str) -> bool {
+    !s.contains(['%', '\\', ';']) && !s.contains("//") && !s.split('/').any(|segment| segment == "." || segment == "..")
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    starts_with_ignore_case_bytes(s.as_bytes(), prefix.as_bytes())
+}
+
+fn starts_with_ignore_case_bytes(s: &[u8], prefix: &[u8]) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+/// Resolves separators (`/`, `\`, their percent-encodings), `;params`, empty and
+/// dot segments. The result starts with `/` and ends with `/` when the last segment
+/// was empty or a dot segment (RFC 3986 section 5.2.4).
+fn normalise(path: &[u8]) -> Vec<u8> {
+    let decoded_separators = replace_encoded_separators(path);
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let mut trailing = false;
+    for raw in decoded_separators.split(|&b| b == b'/' || b == b'\\') {
+        let segment = raw.split(|&b| b == b';').next().unwrap_or_default();
+        trailing = matches!(segment, b"" | b"." | b"..");
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len() + 1);
+    for segment in &segments {
+        out.push(b'/');
+        out.extend_from_slice(segment);
+    }
+    if segments.is_empty() || trailing {
+        out.push(b'/');
+    }
+    out
+}
+
+fn replace_encoded_separators(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while let Some(&b) = path.get(i) {
+        match (b, path.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) if hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c") => {
+                out.push(b'/');
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Decodes every valid `%XX`; invalid escapes stay as they are.
+pub fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        let escaped = match (b, input.get(i + 1), input.get(i + 2)) {
+            (b'%', Some(&hi), Some(&lo)) => hex_value(hi).zip(hex_value(lo)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const PREFIX: &str = "/v1/flow-webhook/";
+
+    #[test]
+    fn canonical_webhook_paths_name_their_flow() {
+        assert_eq!(
+            route(PREFIX, "/v1/flow-webhook/f-1001"),
+            Route::Webhook { flow_id: "f-1001" }
+        );
+        assert_eq!(
+            route(PREFIX, "/v1/flow-webhook/f-1001?a=1&b=%2F"),
+            Route::Webhook { flow_id: "f-1001" }
+        );
+        assert_eq!(route(PREFIX, "/v1/flow-webhook/"), Route::Webhook { flow_id: "" });
+        assert_eq!(
+            route(PREFIX, "/v1/flow-webhook/f-1001/x"),
+            Route::Webhook { flow_id: "f-1001/x" }
+        );
+    }
+
+    #[test]
+    fn other_paths_are_outside() {
+        for path in [
+            "/",
+            "/healthz",
+            "/v1/flow-webhook",
+            "/v1/flows",
+            "/v2/flow-webhook/f-1",
+            "/a/%2F/b",
+            "/x/../y",
+        ] {
+            assert_eq!(route(PREFIX, path), Route::Outside, "{path}");
+        }
+    }
+
+    #[test]
+    fn every_other_spelling_of_a_webhook_is_refused() {
+        for path in [
+            "//v1/flow-webhook/f-1001",
+            "/v1//flow-webhook/f-1001",
+            "/v1/flow-webhook//f-1001",
+            "/v1/flow-webhook%2Ff-1001",
+            "/v1/flow-webhook%2ff-1001",
+            "/v1%2Fflow-webhook/f-1001",
+            "/v1/flow-webhook%5Cf-1001",
+            "/v1\\flow-webhook/f-1001",
+            "/v1/x/../flow-webhook/f-1001",
+            "/v1/./flow-webhook/f-1001",
+            "/v1/flow-webhook/./f-1001",
+            "/v1/flow-webhook/%66-1001",
+            "/v1/flow-webhook/f-1001/..",
+            "/v1/flow-webhook/x/../f-1001",
+            "/%761/flow-webhook/f-1001",
+            "/v1/flow-webhook%252Ff-1001",
+            "/V1/Flow-Webhook/f-1001",
+            "/v1/flow-webhook/f-1001%2F",
+            "/v1/flow-webhook/.",
+            "/v1/flow-webhook;jsessionid=1/f-1001",
+            "/v1/flow-webhook/f-1001;x",
+        ] {
+            assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
+        }
+    }
+
+    #[test]
+    fn percent_decode_keeps_invalid_escapes() {
+        assert_eq!(percent_decode(b"a%2Fb%zz%4"), b"a/b%zz%4".to_vec());
+    }
+}
