@@ -270,7 +270,12 @@ impl App {
         let set = self.flows.read().unwrap_or_else(|e| e.into_inner());
         let etag = Header::from_bytes(&b"ETag"[..], set.etag.as_bytes()).expect("valid header");
         let not_modified = header(headers, "if-none-match")
-            .is_some_and(|inm| inm.split(',').map(str::trim).any(|tag| tag == set.etag || tag == "*"));
+            // Weak comparison, as RFC 9110 asks for If-None-Match: `W/"x"` matches `"x"`.
+            .is_some_and(|inm| {
+                inm.split(',')
+                    .map(str::trim)
+                    .any(|tag| tag == "*" || tag.trim_start_matches("W/") == set.etag)
+            });
         if not_modified {
             return Response::from_data(Vec::new()).with_status_code(304).with_header(etag);
         }
