@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run): lints, unit tests on the host and on wasm32,
+# release builds, `envoy --mode validate` of every shipped config, then the end-to-end tests
+# (real Envoy + flowgate.wasm + the reference executor). Stops at the first failing step.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export PATH="$root/.tools/bin:$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { echo "==> $*"; }
+
+step "setup (scripts/setup.sh)"
+scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+
+step "cargo clippy -p flowgate --target wasm32-wasip1 -- -D warnings"
+cargo clippy --quiet -p flowgate --target wasm32-wasip1 -- -D warnings
+
+step "unit tests (host): cargo test --workspace --exclude flowgate-e2e"
+cargo test --workspace --exclude flowgate-e2e
+
+step "unit tests (wasm32-unknown-unknown under Node): cargo test -p flowgate --target wasm32-unknown-unknown"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p flowgate --target wasm32-unknown-unknown
+
+step "build the filter: cargo build --release --target wasm32-wasip1 -p flowgate"
+cargo build --quiet --release --target wasm32-wasip1 -p flowgate
+ls -l target/wasm32-wasip1/release/flowgate.wasm | awk '{print "    flowgate.wasm: " $5 " bytes"}'
+
+step "build the executor: cargo build --release -p flowgate-executor"
+cargo build --quiet --release -p flowgate-executor
+
+# Validation loads the wasm and runs its on_configure, so it checks the plugin configuration too.
+configs=(envoy/*.yaml)
+while IFS= read -r -d '' f; do configs+=("$f"); done \
+  < <(find examples -name 'envoy*.yaml' -print0 2>/dev/null | sort -z)
+for config in "${configs[@]}"; do
+  step "envoy --mode validate -c $config"
+  if ! out="$(.venv/bin/envoy --mode validate -c "$config" --log-level warn 2>&1)"; then
+    echo "$out" >&2
+    exit 1
+  fi
+done
+
+step "end-to-end tests: cargo test -p flowgate-e2e -- --test-threads 2"
+cargo test -p flowgate-e2e -- --test-threads 2
