@@ -44,11 +44,12 @@ impl<'a> RequestHead<'a> {
 
 /// What to do with a request once its head is known.
 #[derive(Debug)]
-pub enum Verdict {
+pub enum Verdict<'p> {
     /// Not a webhook: let it through (flowgate's own headers still removed).
     Pass,
-    /// Answer at the edge; the executor never sees the request.
-    Reply(EdgeReply),
+    /// Answer at the edge; the executor never sees the request. `flow_id` is the
+    /// path's flow segment (empty when the path was refused before it).
+    Reply { reply: EdgeReply, flow_id: &'p str },
     /// Forward to the executor once the body (if it must be read) passes.
     Admit(Admission),
 }
@@ -102,24 +103,30 @@ impl Admission {
 
 /// Decides a request from its head. `flows` is `None` while a live directory has
 /// never loaded and no static flows exist.
-pub fn decide(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'_>) -> Verdict {
+pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -> Verdict<'p> {
     let Ok(path) = std::str::from_utf8(head.path) else {
         // Envoy refuses non-ASCII paths; anything else is not ours to judge.
         return Verdict::Pass;
     };
     let flow_id = match route::route(prefix, path) {
         Route::Outside => return Verdict::Pass,
-        Route::NonCanonical => return Verdict::Reply(EdgeReply::InvalidPath),
+        Route::NonCanonical => {
+            return Verdict::Reply {
+                reply: EdgeReply::InvalidPath,
+                flow_id: "",
+            }
+        }
         Route::Webhook { flow_id } => flow_id,
     };
+    let refuse = |reply| Verdict::Reply { reply, flow_id };
     let Some(flows) = flows else {
-        return Verdict::Reply(EdgeReply::DirectoryUnavailable);
+        return refuse(EdgeReply::DirectoryUnavailable);
     };
     let Some(flow) = flows.get(flow_id) else {
-        return Verdict::Reply(EdgeReply::NotFound);
+        return refuse(EdgeReply::NotFound);
     };
     if !flow.methods.iter().any(|m| m.as_bytes() == head.method) {
-        return Verdict::Reply(EdgeReply::MethodNotAllowed {
+        return refuse(EdgeReply::MethodNotAllowed {
             allow: flow.allow.clone(),
         });
     }
@@ -129,12 +136,12 @@ pub fn decide(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'_>) -> Ve
         Credentials::Missing | Credentials::Malformed => false,
     };
     if !authorised {
-        return Verdict::Reply(EdgeReply::Unauthorized {
+        return refuse(EdgeReply::Unauthorized {
             token_presented: credentials.token_presented(),
         });
     }
     if flow.status == FlowStatus::Paused {
-        return Verdict::Reply(EdgeReply::Paused);
+        return refuse(EdgeReply::Paused);
     }
     let admission = Admission {
         flow: Rc::clone(flow),
@@ -143,7 +150,7 @@ pub fn decide(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'_>) -> Ve
     };
     if let Some(length) = head.content_length {
         if let Err(too_large) = admission.check_size(length) {
-            return Verdict::Reply(too_large);
+            return refuse(too_large);
         }
     }
     Verdict::Admit(admission)
@@ -181,17 +188,22 @@ mod tests {
         PluginConfig::parse(json.to_string().as_bytes()).unwrap()
     }
 
-    fn decide_on(headers: &[(&str, &str)]) -> Verdict {
+    /// The admission, or the code of the reply (`"pass"` for non-webhooks).
+    fn decide_on(headers: &[(&str, &str)]) -> Result<Admission, &'static str> {
         let pairs: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
         let config = config();
-        decide(
+        match decide(
             &config.webhook_path_prefix,
             Some(&config.flows),
             &RequestHead::from_headers(&pairs),
-        )
+        ) {
+            Verdict::Pass => Err("pass"),
+            Verdict::Reply { reply, .. } => Err(reply.code()),
+            Verdict::Admit(admission) => Ok(admission),
+        }
     }
 
-    fn webhook(path: &str, method: &str, authorization: Option<&str>) -> Verdict {
+    fn webhook(path: &str, method: &str, authorization: Option<&str>) -> Result<Admission, &'static str> {
         let bearer = authorization.map(|token| format!("Bearer {token}"));
         let mut headers = vec![(":method", method), (":path", path)];
         if let Some(value) = &bearer {
@@ -200,30 +212,23 @@ mod tests {
         decide_on(&headers)
     }
 
-    fn reply_code(verdict: Verdict) -> &'static str {
-        match verdict {
-            Verdict::Reply(reply) => reply.code(),
-            other => panic!("expected a reply, got {other:?}"),
-        }
-    }
-
     #[test]
     fn checks_run_in_the_contracts_order() {
         assert_eq!(
-            reply_code(webhook("/v1//flow-webhook/f-1", "GET", None)),
+            webhook("/v1//flow-webhook/f-1", "GET", None).unwrap_err(),
             "invalid_path"
         );
-        assert_eq!(reply_code(webhook("/v1/flow-webhook/nope", "GET", None)), "not_found");
+        assert_eq!(webhook("/v1/flow-webhook/nope", "GET", None).unwrap_err(), "not_found");
         assert_eq!(
-            reply_code(webhook("/v1/flow-webhook/f-1", "GET", None)),
+            webhook("/v1/flow-webhook/f-1", "GET", None).unwrap_err(),
             "method_not_allowed"
         );
         assert_eq!(
-            reply_code(webhook("/v1/flow-webhook/f-1", "POST", None)),
+            webhook("/v1/flow-webhook/f-1", "POST", None).unwrap_err(),
             "unauthorized"
         );
         assert_eq!(
-            reply_code(webhook("/v1/flow-webhook/f-2", "PUT", Some(TOKEN))),
+            webhook("/v1/flow-webhook/f-2", "PUT", Some(TOKEN)).unwrap_err(),
             "biz_logic"
         );
     }
@@ -231,7 +236,7 @@ mod tests {
     #[test]
     fn a_paused_flow_is_only_revealed_to_its_token_holders() {
         assert_eq!(
-            reply_code(webhook("/v1/flow-webhook/f-2", "POST", Some("wrong"))),
+            webhook("/v1/flow-webhook/f-2", "POST", Some("wrong")).unwrap_err(),
             "unauthorized"
         );
     }
@@ -239,10 +244,7 @@ mod tests {
     #[test]
     fn rotated_tokens_both_admit() {
         for token in [TOKEN, ROTATED] {
-            assert!(matches!(
-                webhook("/v1/flow-webhook/f-1?x=1", "POST", Some(token)),
-                Verdict::Admit(_)
-            ));
+            assert!(webhook("/v1/flow-webhook/f-1?x=1", "POST", Some(token)).is_ok());
         }
     }
 
@@ -255,7 +257,7 @@ mod tests {
             ("authorization", &bearer),
             ("content-length", "11"),
         ]);
-        assert_eq!(reply_code(verdict), "payload_too_large");
+        assert_eq!(verdict.unwrap_err(), "payload_too_large");
     }
 
     #[test]
@@ -267,9 +269,7 @@ mod tests {
             ("authorization", &bearer),
             ("content-type", "application/json"),
         ]);
-        let Verdict::Admit(admission) = verdict else {
-            panic!("not admitted")
-        };
+        let admission = verdict.unwrap();
         assert!(admission.must_read_body(Some(5)));
         assert_eq!(admission.check_body(b"{\"a\":").unwrap_err().code(), "invalid_body");
         assert_eq!(
@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn other_paths_pass_and_own_headers_are_recognised() {
-        assert!(matches!(webhook("/healthz", "GET", None), Verdict::Pass));
+        assert_eq!(webhook("/healthz", "GET", None).unwrap_err(), "pass");
         assert!(is_own_header(b"x-flowgate-mode"));
         assert!(is_own_header(b"X-Flowgate-Flow-Id"));
         assert!(!is_own_header(b"x-flowgat"));
@@ -292,6 +292,12 @@ mod tests {
     fn an_unloaded_directory_is_unavailable() {
         let pairs: Vec<(&[u8], &[u8])> = vec![(b":method", b"POST"), (b":path", b"/v1/flow-webhook/f-1")];
         let verdict = decide("/v1/flow-webhook/", None, &RequestHead::from_headers(&pairs));
-        assert_eq!(reply_code(verdict), "directory_unavailable");
+        assert!(matches!(
+            verdict,
+            Verdict::Reply {
+                reply: EdgeReply::DirectoryUnavailable,
+                flow_id: "f-1"
+            }
+        ));
     }
 }

@@ -8,6 +8,7 @@ pub mod answer;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod directory;
 pub mod gate;
 pub mod render;
 pub mod reply;

@@ -56,6 +56,22 @@ struct Envelope<'a> {
     data: Option<Value>,
 }
 
+/// Every `EdgeReply::code`, for defining one metric per outcome up front.
+pub const CODES: [&str; 12] = [
+    "invalid_path",
+    "not_found",
+    "method_not_allowed",
+    "unauthorized",
+    "biz_logic",
+    "payload_too_large",
+    "invalid_body",
+    "executor_error",
+    "executor_unavailable",
+    "executor_timeout",
+    "template_error",
+    "directory_unavailable",
+];
+
 impl EdgeReply {
     pub fn status(&self) -> u16 {
         match self {

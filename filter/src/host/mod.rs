@@ -2,6 +2,7 @@
 //! configuration and an HTTP context per request that applies the core's decisions.
 
 mod abi;
+mod metrics;
 mod root;
 mod stream;
 

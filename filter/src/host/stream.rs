@@ -9,9 +9,11 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use serde_json::Value;
 
 use super::abi;
+use super::metrics;
 use super::root::Edge;
 use crate::answer::{self, ExecutorHead, ResponsePlan};
 use crate::body;
+use crate::config::Mode;
 use crate::gate::{self, Admission, RequestHead, Verdict};
 use crate::reply::{EdgeReply, Reply};
 
@@ -51,6 +53,11 @@ impl Stream {
         }
     }
 
+    fn answer(&mut self, reply: Reply) -> Action {
+        self.edge.metrics.count(metrics::ANSWERED);
+        self.send(reply)
+    }
+
     fn send(&mut self, reply: Reply) -> Action {
         self.phase = Phase::Answered;
         let headers: Vec<(&str, &str)> = reply
@@ -74,6 +81,10 @@ impl Stream {
     }
 
     fn forward(&mut self, admission: Admission, request_body: Value) -> Action {
+        self.edge.metrics.count(match admission.flow.mode {
+            Mode::Sync => metrics::ADMITTED_SYNC,
+            Mode::Async => metrics::ADMITTED_ASYNC,
+        });
         self.phase = Phase::Forwarded {
             admission,
             request_body,
@@ -97,13 +108,13 @@ impl HttpContext for Stream {
             }
         }
         let head = RequestHead::from_headers(&headers);
-        let flows = self.edge.flows.as_deref();
-        let admission = match gate::decide(&self.edge.prefix, flows, &head) {
-            Verdict::Pass => return Action::Continue,
-            Verdict::Reply(reply) => {
-                let path = String::from_utf8_lossy(head.path);
-                return self.refuse(reply, path.get(..200).unwrap_or(&path));
+        let verdict = gate::decide(&self.edge.prefix, self.edge.flows.borrow().as_deref(), &head);
+        let admission = match verdict {
+            Verdict::Pass => {
+                self.edge.metrics.count(metrics::PASSED);
+                return Action::Continue;
             }
+            Verdict::Reply { reply, flow_id } => return self.refuse(reply, flow_id.get(..128).unwrap_or(flow_id)),
             Verdict::Admit(admission) => admission,
         };
         abi::set_header(MapType::HttpRequestHeaders, "authorization", None);
@@ -224,7 +235,7 @@ impl HttpContext for Stream {
         };
         let output = abi::buffer(BufferType::HttpResponseBody, body_size);
         match answer::answer(&admission.flow, status, request_body, &output) {
-            Ok(reply) => self.send(reply),
+            Ok(reply) => self.answer(reply),
             Err(fault) => self.refuse(fault, &admission.flow.id),
         }
     }
