@@ -102,6 +102,25 @@ impl Flows {
     }
 }
 
+/// A flow set under construction, filled a chunk of entries at a time.
+#[derive(Debug, Default)]
+pub struct PartialFlows {
+    by_id: HashMap<String, Rc<Flow>>,
+    problems: Vec<ConfigError>,
+    /// Position of the next entry in the whole list (for error locations).
+    next_index: usize,
+}
+
+impl PartialFlows {
+    pub fn entries_added(&self) -> usize {
+        self.next_index
+    }
+
+    pub fn finish(self) -> (Flows, Vec<ConfigError>) {
+        (Flows { by_id: self.by_id }, self.problems)
+    }
+}
+
 /// Where a live flow directory is fetched from (CONTRACT section 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directory {
@@ -164,41 +183,49 @@ impl FlowsBuilder {
 
     /// All entries must be valid; the first problem is the error.
     pub fn strict(&self, entries: &[Value]) -> Result<Flows, ConfigError> {
-        let mut problems = Vec::new();
-        let flows = self.lenient(entries, &Flows::default(), &mut problems);
+        let (flows, problems) = self.lenient(entries, &Flows::default());
         match problems.into_iter().next() {
             Some(problem) => Err(problem),
             None => Ok(flows),
         }
     }
 
-    /// Invalid entries are reported in `problems` and skipped; a skipped flow keeps its
+    /// Invalid entries are skipped and returned as problems; a skipped flow keeps its
     /// version from `previous`, if it had one.
-    pub fn lenient(&self, entries: &[Value], previous: &Flows, problems: &mut Vec<ConfigError>) -> Flows {
+    pub fn lenient(&self, entries: &[Value], previous: &Flows) -> (Flows, Vec<ConfigError>) {
+        let mut partial = PartialFlows::default();
+        self.add(&mut partial, entries, previous);
+        partial.finish()
+    }
+
+    /// Adds the next chunk of entries to a flow set under construction.
+    pub fn add(&self, partial: &mut PartialFlows, entries: &[Value], previous: &Flows) {
+        let first = partial.next_index;
+        partial.next_index += entries.len();
         let templates = Rc::new(render::compile_all(entries.iter().enumerate().filter_map(
             |(i, entry)| {
                 let body = entry.get("response")?.get("body")?.as_str()?;
-                Some((template_name(i), body))
+                Some((template_name(first + i), body))
             },
         )));
-        let mut by_id: HashMap<String, Rc<Flow>> = HashMap::with_capacity(entries.len());
-        for (index, entry) in entries.iter().enumerate() {
+        for (index, entry) in (first..).zip(entries) {
             match self.flow(index, entry, &templates) {
-                Ok(flow) if by_id.contains_key(&flow.id) => {
-                    problems.push(error(flow_at(index, &flow.id), "duplicate flow id".into()));
+                Ok(flow) if partial.by_id.contains_key(&flow.id) => {
+                    partial
+                        .problems
+                        .push(error(flow_at(index, &flow.id), "duplicate flow id".into()));
                 }
                 Ok(flow) => {
-                    by_id.insert(flow.id.clone(), Rc::new(flow));
+                    partial.by_id.insert(flow.id.clone(), Rc::new(flow));
                 }
                 Err(problem) => {
                     if let Some(old) = entry.get("id").and_then(Value::as_str).and_then(|id| previous.get(id)) {
-                        by_id.entry(old.id.clone()).or_insert_with(|| Rc::clone(old));
+                        partial.by_id.entry(old.id.clone()).or_insert_with(|| Rc::clone(old));
                     }
-                    problems.push(problem);
+                    partial.problems.push(problem);
                 }
             }
         }
-        Flows { by_id }
     }
 
     fn flow(&self, index: usize, entry: &Value, templates: &Rc<render::Templates>) -> Result<Flow, ConfigError> {
@@ -534,15 +561,11 @@ mod tests {
         let first = builder
             .strict(&[flow(serde_json::json!({})), flow(serde_json::json!({"id": "f-2"}))])
             .unwrap();
-        let mut problems = Vec::new();
-        let second = builder.lenient(
-            &[
-                flow(serde_json::json!({"status": "bogus"})),
-                flow(serde_json::json!({"id": "f-2", "status": "paused"})),
-            ],
-            &first,
-            &mut problems,
-        );
+        let entries = [
+            flow(serde_json::json!({"status": "bogus"})),
+            flow(serde_json::json!({"id": "f-2", "status": "paused"})),
+        ];
+        let (second, problems) = builder.lenient(&entries, &first);
         assert_eq!(problems.len(), 1);
         assert_eq!(second.get("f-1").unwrap().status, FlowStatus::Live);
         assert_eq!(second.get("f-2").unwrap().status, FlowStatus::Paused);

@@ -5,21 +5,67 @@
 //! lease, a compare-and-swap on shared data); it publishes the raw document with a
 //! generation number, and every VM loads a generation it has not seen yet.
 
+use std::rc::Rc;
+
+use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::config::{ConfigError, Flows, FlowsBuilder, PartialFlows};
 
 /// Shared-data keys (scoped to the plugin's `vm_id` by Envoy).
 pub const LEASE_KEY: &str = "flowgate.directory.next_fetch_ms";
 pub const PUBLISHED_KEY: &str = "flowgate.directory.published";
 pub const DOCUMENT_KEY: &str = "flowgate.directory.document";
 
-/// The flow entries of a directory document `{"flows": [...]}`. Entries are validated
-/// one by one later; here only the shape of the document is checked.
-pub fn entries(document: &[u8]) -> Result<Vec<Value>, String> {
-    let mut root: Value = serde_json::from_slice(document).map_err(|e| format!("not valid JSON: {e}"))?;
-    match root.get_mut("flows").map(Value::take) {
-        Some(Value::Array(entries)) => Ok(entries),
-        Some(_) => Err("\"flows\" is not an array".to_string()),
-        None => Err("no \"flows\" field".to_string()),
+/// The flow entries of a directory document `{"flows": [...]}`, still as JSON text:
+/// only the document's shape is checked here, entries are validated as they load.
+pub fn entries(document: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
+    #[derive(serde::Deserialize)]
+    struct Document {
+        flows: Option<Box<RawValue>>,
+    }
+    let document: Document = serde_json::from_slice(document).map_err(|e| format!("not a flow directory: {e}"))?;
+    let flows = document.flows.ok_or("no \"flows\" field")?;
+    serde_json::from_str(flows.get()).map_err(|_| "\"flows\" is not an array".to_string())
+}
+
+/// Entries loaded per step: a few milliseconds of work, so requests between steps
+/// are never held up for long while a large directory loads.
+pub const ENTRIES_PER_STEP: usize = 500;
+
+/// A directory generation being loaded, one step at a time, while the previous
+/// flow set stays in force.
+pub struct Loading {
+    entries: Vec<Box<RawValue>>,
+    partial: PartialFlows,
+    previous: Rc<Flows>,
+}
+
+impl Loading {
+    pub fn new(entries: Vec<Box<RawValue>>, previous: Rc<Flows>) -> Self {
+        Loading {
+            entries,
+            partial: PartialFlows::default(),
+            previous,
+        }
+    }
+
+    /// Loads the next `ENTRIES_PER_STEP` entries; the finished set once all are in.
+    pub fn step(&mut self, builder: &FlowsBuilder) -> Option<(Flows, Vec<ConfigError>)> {
+        let start = self.partial.entries_added();
+        let end = (start + ENTRIES_PER_STEP).min(self.entries.len());
+        let chunk: Vec<Value> = self
+            .entries
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null))
+            .collect();
+        builder.add(&mut self.partial, &chunk, &self.previous);
+        if end < self.entries.len() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.partial).finish())
     }
 }
 
@@ -72,10 +118,35 @@ mod tests {
 
     #[test]
     fn documents_must_hold_a_flow_list() {
-        assert_eq!(entries(br#"{"flows": [{"id": "a"}, 7]}"#).unwrap().len(), 2);
-        assert!(entries(b"<html>").unwrap_err().starts_with("not valid JSON"));
+        assert_eq!(entries(br#"{"flows": [{"id": "a"}, 7], "x": 1}"#).unwrap().len(), 2);
+        assert!(entries(b"<html>")
+            .unwrap_err()
+            .starts_with("not a flow directory: expected value"));
+        assert!(entries(b"[]").unwrap_err().starts_with("not a flow directory"));
         assert_eq!(entries(br#"{"flows": {}}"#).unwrap_err(), "\"flows\" is not an array");
-        assert_eq!(entries(br#"[]"#).unwrap_err(), "no \"flows\" field");
+        assert_eq!(entries(br#"{}"#).unwrap_err(), "no \"flows\" field");
+    }
+
+    #[test]
+    fn large_directories_load_in_steps_and_skip_bad_entries() {
+        let digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let mut flows: Vec<Value> = (0..ENTRIES_PER_STEP * 2 + 1)
+            .map(|i| serde_json::json!({"id": format!("f-{i}"), "ref_id": "w", "status": "live", "token_sha256": [digest]}))
+            .collect();
+        flows[7]["status"] = serde_json::json!("bogus");
+        let document = serde_json::to_vec(&serde_json::json!({ "flows": flows })).unwrap();
+        let mut loading = Loading::new(entries(&document).unwrap(), Rc::default());
+        let builder = FlowsBuilder::new(1024);
+        assert!(loading.step(&builder).is_none());
+        assert!(loading.step(&builder).is_none());
+        let (flows, problems) = loading.step(&builder).unwrap();
+        assert_eq!(flows.len(), ENTRIES_PER_STEP * 2);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].to_string().starts_with("flows[7] (id \"f-7\").status"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::abi;
 use super::metrics::{self, Metrics};
 use super::stream::Stream;
 use crate::config::{Directory, Flows, FlowsBuilder, PluginConfig};
-use crate::directory::{self, Published};
+use crate::directory::{self, Loading, Published};
 
 /// What every stream of this VM reads.
 pub struct Edge {
@@ -39,6 +39,8 @@ struct DirectoryClient {
     seen: Published,
     /// The fetch this VM has under way, if any.
     pending: Option<u32>,
+    /// A published generation this VM is loading, a step per tick.
+    loading: Option<(Published, Loading)>,
 }
 
 impl Context for Root {
@@ -96,6 +98,7 @@ impl RootContext for Root {
                 builder: FlowsBuilder::new(config.max_body_bytes),
                 seen: Published::default(),
                 pending: None,
+                loading: None,
             }
         });
         self.edge = Some(Rc::new(Edge {
@@ -185,21 +188,30 @@ impl DirectoryClient {
         }
     }
 
-    /// Loads the published document if this VM has not loaded its generation yet.
+    /// Starts loading a newly published generation, or takes the next step of one.
     fn load_new_generation(&mut self, edge: &Edge) {
-        let published = read_published();
-        if published.generation == self.seen.generation {
-            return;
+        if self.loading.is_none() {
+            let published = read_published();
+            if published.generation == self.seen.generation {
+                return;
+            }
+            let Ok((Some(document), _)) = hostcalls::get_shared_data(directory::DOCUMENT_KEY) else {
+                return;
+            };
+            let Ok(entries) = directory::entries(&document) else {
+                return;
+            };
+            let previous = edge.flows.borrow().clone().unwrap_or_default();
+            self.loading = Some((published, Loading::new(entries, previous)));
+            // Step on every turn of the event loop until the generation is in.
+            let _ = hostcalls::set_tick_period(Duration::from_millis(1));
         }
-        let Ok((Some(document), _)) = hostcalls::get_shared_data(directory::DOCUMENT_KEY) else {
+        let Some((published, loading)) = &mut self.loading else {
             return;
         };
-        let Ok(entries) = directory::entries(&document) else {
+        let Some((flows, problems)) = loading.step(&self.builder) else {
             return;
         };
-        let previous = edge.flows.borrow().clone().unwrap_or_default();
-        let mut problems = Vec::new();
-        let flows = self.builder.lenient(&entries, &previous, &mut problems);
         for problem in &problems {
             log::warn!("flowgate: directory entry skipped: {problem}");
         }
@@ -212,7 +224,9 @@ impl DirectoryClient {
         edge.metrics.set(metrics::FLOWS_LOADED, flows.len() as u64);
         edge.metrics.set(metrics::ENTRIES_REJECTED, problems.len() as u64);
         *edge.flows.borrow_mut() = Some(Rc::new(flows));
-        self.seen = published;
+        self.seen = published.clone();
+        self.loading = None;
+        let _ = hostcalls::set_tick_period(Duration::from_millis(directory::tick_ms(self.source.refresh_ms)));
     }
 }
 

@@ -19,6 +19,10 @@ use crate::reply::{EdgeReply, Reply};
 
 /// Largest executor answer flowgate reads to render a response.
 const MAX_EXECUTOR_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// A refused request whose announced body is at most this long is read (and dropped)
+/// before the reply: Envoy then keeps the sender's HTTP/1.1 connection open instead of
+/// closing it. Longer bodies are not worth reading; their connection closes.
+const DRAIN_BYTES: u64 = 64 * 1024;
 
 enum Phase {
     /// Not a webhook, or an answer already passing through.
@@ -36,6 +40,8 @@ enum Phase {
         request_body: Value,
         status: u16,
     },
+    /// Refused; reading the rest of a short body so the connection can stay open.
+    Draining { refusal: EdgeReply, flow_id: String },
     /// flowgate answered itself; its own reply must not be rewritten.
     Answered,
 }
@@ -114,7 +120,17 @@ impl HttpContext for Stream {
                 self.edge.metrics.count(metrics::PASSED);
                 return Action::Continue;
             }
-            Verdict::Reply { reply, flow_id } => return self.refuse(reply, flow_id.get(..128).unwrap_or(flow_id)),
+            Verdict::Reply { reply, flow_id } => {
+                let flow_id = flow_id.get(..128).unwrap_or(flow_id);
+                if !end_of_stream && head.content_length.is_some_and(|length| length <= DRAIN_BYTES) {
+                    self.phase = Phase::Draining {
+                        refusal: reply,
+                        flow_id: flow_id.to_string(),
+                    };
+                    return Action::Pause;
+                }
+                return self.refuse(reply, flow_id);
+            }
             Verdict::Admit(admission) => admission,
         };
         abi::set_header(MapType::HttpRequestHeaders, "authorization", None);
@@ -142,6 +158,15 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Phase::Draining { .. } = self.phase {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let Phase::Draining { refusal, flow_id } = std::mem::replace(&mut self.phase, Phase::Untouched) else {
+                return Action::Pause;
+            };
+            return self.refuse(refusal, &flow_id);
+        }
         let Phase::ReadingRequest { admission, .. } = &self.phase else {
             return Action::Continue;
         };
