@@ -26,10 +26,14 @@ pub struct Edge {
 /// A directory fetch is given this long before it counts as failed.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often the filter asks Envoy for its log level (a live change takes this long).
+const LOG_LEVEL_CHECK_MS: u64 = 1000;
+
 #[derive(Default)]
 pub struct Root {
     edge: Option<Rc<Edge>>,
     directory: Option<DirectoryClient>,
+    last_tick_ms: u64,
 }
 
 struct DirectoryClient {
@@ -71,10 +75,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        if let Ok(level) = hostcalls::get_log_level() {
-            // Ask the host once, so disabled levels cost nothing per request.
-            proxy_wasm::set_log_level(level);
-        }
+        follow_host_log_level();
         let json = abi::buffer(BufferType::PluginConfiguration, size);
         let config = match PluginConfig::parse(&json) {
             Ok(config) => config,
@@ -91,15 +92,17 @@ impl RootContext for Root {
             Some(Rc::new(config.flows))
         };
         let metrics = Metrics::define();
-        self.directory = config.directory.map(|source| {
-            let _ = hostcalls::set_tick_period(Duration::from_millis(directory::tick_ms(source.refresh_ms)));
-            DirectoryClient {
-                source,
-                builder: FlowsBuilder::new(config.max_body_bytes),
-                seen: Published::default(),
-                pending: None,
-                loading: None,
-            }
+        let tick_ms = config
+            .directory
+            .as_ref()
+            .map_or(LOG_LEVEL_CHECK_MS, |source| directory::tick_ms(source.refresh_ms));
+        let _ = hostcalls::set_tick_period(Duration::from_millis(tick_ms));
+        self.directory = config.directory.map(|source| DirectoryClient {
+            source,
+            builder: FlowsBuilder::new(config.max_body_bytes),
+            seen: Published::default(),
+            pending: None,
+            loading: None,
         });
         self.edge = Some(Rc::new(Edge {
             prefix: config.webhook_path_prefix,
@@ -111,10 +114,14 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        let now = now_ms();
+        if now / LOG_LEVEL_CHECK_MS != self.last_tick_ms / LOG_LEVEL_CHECK_MS {
+            follow_host_log_level();
+        }
+        self.last_tick_ms = now;
         let (Some(edge), Some(client)) = (&self.edge, &mut self.directory) else {
             return;
         };
-        let now = now_ms();
         if client.pending.is_none() && client.take_lease(now) {
             client.fetch();
         }
@@ -227,6 +234,13 @@ impl DirectoryClient {
         self.seen = published.clone();
         self.loading = None;
         let _ = hostcalls::set_tick_period(Duration::from_millis(directory::tick_ms(self.source.refresh_ms)));
+    }
+}
+
+/// Levels Envoy would drop are then not even formatted.
+fn follow_host_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        proxy_wasm::set_log_level(level);
     }
 }
 
