@@ -38,9 +38,12 @@ step "build the executor: cargo build --release -p flowgate-executor"
 cargo build --quiet --release -p flowgate-executor
 
 # Validation loads the wasm and runs its on_configure, so it checks the plugin configuration too.
-configs=(envoy/*.yaml)
-while IFS= read -r -d '' f; do configs+=("$f"); done \
-  < <(find examples -name 'envoy*.yaml' -print0 2>/dev/null | sort -z)
+# Every Envoy bootstrap we ship: envoy/*.yaml and examples/**/envoy*.yaml that have
+# static_resources (examples/istio holds Kubernetes manifests named envoyfilter-*, not bootstraps).
+configs=()
+while IFS= read -r -d '' f; do
+  grep -q '^static_resources:' "$f" && configs+=("$f")
+done < <(find envoy examples -name '*.yaml' \( -path 'envoy/*' -o -name 'envoy*.yaml' \) -print0 | sort -z)
 for config in "${configs[@]}"; do
   step "envoy --mode validate -c $config"
   if ! out="$(.venv/bin/envoy --mode validate -c "$config" --log-level warn 2>&1)"; then
