@@ -1,10 +1,9 @@
 //! The answer to an admitted webhook, decided from what the executor (or Envoy's
 //! router on its behalf) said.
 
-use std::collections::BTreeMap;
-
-use minijinja::Value as TemplateValue;
-use serde_json::Value;
+use minijinja::value::{merge_maps, ValueKind};
+use minijinja::Value;
+use serde_json::value::RawValue;
 
 use crate::config::{Flow, Mode};
 use crate::reply::{self, EdgeReply, Reply};
@@ -63,29 +62,36 @@ pub fn plan(flow: &Flow, head: ExecutorHead) -> ResponsePlan {
 }
 
 /// Builds the sender's answer from the executor's 2xx body and the request body
-/// (bound as `<ref_id>`; `Null` when the flow keeps no body).
+/// (bound as `<ref_id>`; none when the flow keeps no body).
 pub fn answer(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8]) -> Result<Reply, EdgeReply> {
-    let output = serde_json::from_slice::<Value>(executor_body).ok();
-    let mut context: BTreeMap<String, TemplateValue> = BTreeMap::new();
-    if flow.mode == Mode::Async {
-        // The run is accepted (2xx) whatever the body says; only an object is passed on.
-        let run = output.filter(Value::is_object);
-        if flow.response.is_none() {
-            return Ok(reply::run_scheduled(run));
+    let context = match flow.mode {
+        Mode::Async => {
+            // The run is accepted (2xx) whatever the body says; only an object is passed on.
+            let run = serde_json::from_slice::<&RawValue>(executor_body)
+                .ok()
+                .filter(|raw| raw.get().starts_with('{'));
+            if flow.response.is_none() {
+                return Ok(reply::run_scheduled(run));
+            }
+            let run = run
+                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+                .unwrap_or_default();
+            Value::from_iter([(flow.ref_id.as_str(), request_body), ("run", run)])
         }
-        context.insert("run".to_string(), TemplateValue::from_serialize(run));
-    } else if let Some(Value::Object(output)) = output {
-        context.extend(
-            output
-                .into_iter()
-                .map(|(key, value)| (key, TemplateValue::from_serialize(value))),
-        );
-    } else {
-        return Err(EdgeReply::ExecutorError {
-            upstream_status: status,
-            detail: "flow executor output is not a JSON object",
-        });
-    }
+        Mode::Sync => {
+            let output = serde_json::from_slice::<Value>(executor_body)
+                .ok()
+                .filter(|v| v.kind() == ValueKind::Map);
+            let Some(output) = output else {
+                return Err(EdgeReply::ExecutorError {
+                    upstream_status: status,
+                    detail: "flow executor output is not a JSON object",
+                });
+            };
+            // The request body wins over a step output of the same name.
+            merge_maps([Value::from_iter([(flow.ref_id.as_str(), request_body)]), output])
+        }
+    };
     let Some(template) = &flow.response else {
         // `plan` passes sync flows without a template straight through.
         return Err(EdgeReply::ExecutorError {
@@ -93,7 +99,6 @@ pub fn answer(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8
             detail: "flow has no response template",
         });
     };
-    context.insert(flow.ref_id.clone(), TemplateValue::from_serialize(request_body));
     let body = template
         .render(&context)
         .map_err(|detail| EdgeReply::TemplateError { detail })?;
@@ -133,9 +138,14 @@ mod tests {
         PluginConfig::parse(config.to_string().as_bytes()).unwrap()
     }
 
-    fn answer_for(id: &str, body: Value, executor: &str) -> Result<Reply, EdgeReply> {
+    fn answer_for(id: &str, body: serde_json::Value, executor: &str) -> Result<Reply, EdgeReply> {
         let config = flows();
-        answer(config.flows.get(id).unwrap(), 200, body, executor.as_bytes())
+        answer(
+            config.flows.get(id).unwrap(),
+            200,
+            Value::from_serialize(body),
+            executor.as_bytes(),
+        )
     }
 
     fn via_upstream(status: u16) -> ExecutorHead {
@@ -198,9 +208,9 @@ mod tests {
 
     #[test]
     fn sync_answers_render_the_flow_output_with_the_configured_status() {
-        let reply = answer_for("seed", Value::Null, r#"{"res1": {"value": "myResult"}}"#).unwrap();
+        let reply = answer_for("seed", serde_json::Value::Null, r#"{"res1": {"value": "myResult"}}"#).unwrap();
         assert_eq!((reply.status, reply.body), (201, br#"{"valid": "myResult"}"#.to_vec()));
-        let reply = answer_for("seed", Value::Null, r#"{"res1": {"value": "nope"}}"#).unwrap();
+        let reply = answer_for("seed", serde_json::Value::Null, r#"{"res1": {"value": "nope"}}"#).unwrap();
         assert_eq!(reply.body, br#"{"valid": false}"#.to_vec());
     }
 
@@ -218,7 +228,7 @@ mod tests {
     #[test]
     fn non_object_output_is_an_executor_error() {
         for output in ["<html>oops", "[1,2]", ""] {
-            let error = answer_for("seed", Value::Null, output).unwrap_err();
+            let error = answer_for("seed", serde_json::Value::Null, output).unwrap_err();
             assert!(
                 matches!(
                     error,
@@ -234,12 +244,12 @@ mod tests {
 
     #[test]
     fn async_acceptance_is_the_default_envelope_or_the_template() {
-        let reply = answer_for("queued", Value::Null, r#"{"run_id": "r-1"}"#).unwrap();
+        let reply = answer_for("queued", serde_json::Value::Null, r#"{"run_id": "r-1"}"#).unwrap();
         assert_eq!(
             reply.body,
-            br#"{"status":200,"error":null,"message":"Flow run scheduled","data":{"run_id":"r-1"}}"#.to_vec()
+            br#"{"status":200,"error":null,"message":"Flow run scheduled","data":{"run_id": "r-1"}}"#.to_vec()
         );
-        let reply = answer_for("queued", Value::Null, "").unwrap();
+        let reply = answer_for("queued", serde_json::Value::Null, "").unwrap();
         assert_eq!(
             reply.body,
             br#"{"status":200,"error":null,"message":"Flow run scheduled","data":null}"#.to_vec()
@@ -255,7 +265,7 @@ mod tests {
 
     #[test]
     fn template_failures_are_template_errors() {
-        let error = answer_for("broken", Value::Null, r#"{"res1": {"value": 1}}"#).unwrap_err();
+        let error = answer_for("broken", serde_json::Value::Null, r#"{"res1": {"value": 1}}"#).unwrap_err();
         assert!(
             matches!(&error, EdgeReply::TemplateError { detail } if detail.contains("line 1")),
             "{error:?}"

@@ -1,6 +1,6 @@
 //! Request bodies: JSON checks and how a body binds into a template context.
 
-use serde_json::{Map, Value};
+use minijinja::Value;
 
 use crate::route::percent_decode;
 
@@ -26,33 +26,42 @@ fn media_type(content_type: &[u8]) -> &[u8] {
     content_type.get(..end).unwrap_or_default().trim_ascii()
 }
 
-/// Checks that a body is one JSON value; the error says where parsing failed.
+/// Checks that a body is one JSON value without building it; the error says where
+/// parsing failed.
 pub fn check_json(body: &[u8]) -> Result<(), String> {
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
         .map(drop)
         .map_err(|e| e.to_string())
 }
 
-/// The body as a template sees it: parsed JSON, an object of form fields, or a string.
+/// Parses a JSON body straight into a template value (one pass, depth-limited).
+pub fn parse_json(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e: serde_json::Error| e.to_string())
+}
+
+/// The body as a template sees it: parsed JSON (none if it does not parse), an object
+/// of form fields, or a string.
 pub fn bind(content_type: Option<&[u8]>, body: &[u8]) -> Value {
     match content_type {
-        Some(ct) if is_json(ct) => serde_json::from_slice(body).unwrap_or(Value::Null),
-        Some(ct) if is_form(ct) => Value::Object(form_fields(body)),
-        _ => Value::String(String::from_utf8_lossy(body).into_owned()),
+        Some(ct) if is_json(ct) => parse_json(body).unwrap_or_default(),
+        Some(ct) if is_form(ct) => form_fields(body),
+        _ => Value::from(String::from_utf8_lossy(body).into_owned()),
     }
 }
 
 /// `a=1&b=x+y` -> `{"a": "1", "b": "x y"}`; a repeated field keeps its last value.
-fn form_fields(body: &[u8]) -> Map<String, Value> {
-    body.split(|&b| b == b'&')
+fn form_fields(body: &[u8]) -> Value {
+    let fields: std::collections::BTreeMap<String, String> = body
+        .split(|&b| b == b'&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let mut parts = pair.splitn(2, |&b| b == b'=');
             let name = form_decode(parts.next().unwrap_or_default());
             let value = form_decode(parts.next().unwrap_or_default());
-            (name, Value::String(value))
+            (name, value)
         })
-        .collect()
+        .collect();
+    Value::from_serialize(fields)
 }
 
 fn form_decode(raw: &[u8]) -> String {
@@ -66,6 +75,10 @@ mod tests {
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
+    fn json(value: Value) -> serde_json::Value {
+        serde_json::to_value(value).unwrap()
+    }
+
     #[test]
     fn json_media_types() {
         assert!(is_json(b"application/json"));
@@ -78,28 +91,32 @@ mod tests {
     #[test]
     fn json_errors_say_where() {
         assert!(check_json(b"{\"a\": 1,}").unwrap_err().ends_with("at line 1 column 9"));
+        assert!(parse_json(b"{\"a\": 1,}").unwrap_err().ends_with("at line 1 column 9"));
         assert!(check_json(b"").unwrap_err().contains("line 1 column 0"));
-        let deep = [vec![b'['; 10_000], vec![b']'; 10_000]].concat();
-        // Validation is iterative (no stack to exhaust); binding stops at serde_json's depth limit.
-        assert!(check_json(&deep).is_ok());
-        assert_eq!(bind(Some(b"application/json"), &deep), Value::Null);
         assert!(check_json(b" {\"company_id\": 123456} ").is_ok());
     }
 
     #[test]
+    fn deep_json_is_checked_without_recursion_and_not_bound() {
+        let deep = [vec![b'['; 10_000], vec![b']'; 10_000]].concat();
+        assert!(check_json(&deep).is_ok());
+        assert!(parse_json(&deep).unwrap_err().contains("recursion limit"));
+        assert!(bind(Some(b"application/json"), &deep).is_undefined());
+    }
+
+    #[test]
     fn bodies_bind_by_content_type() {
-        assert_eq!(
-            bind(Some(b"application/json"), b"{\"company_id\":123456}"),
-            serde_json::json!({"company_id": 123456})
+        let company = bind(Some(b"application/json"), b"{\"company_id\":123456}");
+        assert_eq!(json(company), serde_json::json!({"company_id": 123456}));
+        let form = bind(
+            Some(b"application/x-www-form-urlencoded"),
+            b"company_id=123456&name=A+B%26C&flag",
         );
         assert_eq!(
-            bind(
-                Some(b"application/x-www-form-urlencoded"),
-                b"company_id=123456&name=A+B%26C&flag"
-            ),
+            json(form),
             serde_json::json!({"company_id": "123456", "name": "A B&C", "flag": ""})
         );
-        assert_eq!(bind(Some(b"text/plain"), b"hello"), serde_json::json!("hello"));
-        assert_eq!(bind(None, &[0xff, b'a']), serde_json::json!("\u{fffd}a"));
+        assert_eq!(json(bind(Some(b"text/plain"), b"hello")), serde_json::json!("hello"));
+        assert_eq!(json(bind(None, &[0xff, b'a'])), serde_json::json!("\u{fffd}a"));
     }
 }

@@ -3,6 +3,8 @@
 
 use std::rc::Rc;
 
+use minijinja::Value;
+
 use crate::auth::{self, Credentials};
 use crate::body;
 use crate::config::{Flow, FlowStatus, Flows};
@@ -81,13 +83,18 @@ impl Admission {
         Ok(())
     }
 
-    /// Checks the whole body; the last step before the run.
-    pub fn check_body(&self, body: &[u8]) -> Result<(), EdgeReply> {
-        self.check_size(body.len() as u64)?;
-        if self.json {
-            body::check_json(body).map_err(|detail| EdgeReply::InvalidBody { detail })?;
+    /// Checks the whole body, the last step before the run, and returns it as the
+    /// response template will see it (none when the flow keeps no body). A JSON body
+    /// is parsed once, for both.
+    pub fn check_body(&self, content_type: Option<&[u8]>, bytes: &[u8]) -> Result<Value, EdgeReply> {
+        self.check_size(bytes.len() as u64)?;
+        let invalid = |detail| EdgeReply::InvalidBody { detail };
+        match (self.json, self.keep_body) {
+            (true, true) => body::parse_json(bytes).map_err(invalid),
+            (true, false) => body::check_json(bytes).map(|()| Value::UNDEFINED).map_err(invalid),
+            (false, true) => Ok(body::bind(content_type, bytes)),
+            (false, false) => Ok(Value::UNDEFINED),
         }
-        Ok(())
     }
 
     /// The headers that tell the executor what flowgate decided.
@@ -271,12 +278,15 @@ mod tests {
         ]);
         let admission = verdict.unwrap();
         assert!(admission.must_read_body(Some(5)));
-        assert_eq!(admission.check_body(b"{\"a\":").unwrap_err().code(), "invalid_body");
         assert_eq!(
-            admission.check_body(b"[1,2,3,4,5,6]").unwrap_err().code(),
+            admission.check_body(None, b"{\"a\":").unwrap_err().code(),
+            "invalid_body"
+        );
+        assert_eq!(
+            admission.check_body(None, b"[1,2,3,4,5,6]").unwrap_err().code(),
             "payload_too_large"
         );
-        assert!(admission.check_body(b"{\"a\":1}").is_ok());
+        assert!(admission.check_body(None, b"{\"a\":1}").is_ok());
         assert_eq!(admission.forward_headers()[2], ("x-flowgate-mode", "sync"));
     }
 

@@ -3,7 +3,7 @@
 //! Rendering is bounded: minijinja fuel caps the work a template may do and the
 //! output is capped in size, so a hostile or buggy template cannot stall a worker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::rc::Rc;
 
@@ -91,7 +91,7 @@ impl ResponseTemplate {
     }
 
     /// Renders on `context`; the error is the message of a `template_error` reply.
-    pub fn render(&self, context: &BTreeMap<String, Value>) -> Result<Vec<u8>, String> {
+    pub fn render(&self, context: &Value) -> Result<Vec<u8>, String> {
         let fail = |what: String| format!("response template of flow {:?} failed: {what}", self.flow_id);
         let template = self
             .templates
@@ -142,12 +142,8 @@ mod tests {
         ResponseTemplate::new(200, "application/json".into(), templates, "t".into(), "f-1")
     }
 
-    fn context(json: serde_json::Value) -> BTreeMap<String, Value> {
-        json.as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from_serialize(v)))
-            .collect()
+    fn context(json: serde_json::Value) -> Value {
+        Value::from_serialize(json)
     }
 
     #[test]
@@ -182,14 +178,14 @@ mod tests {
     #[test]
     fn endless_templates_run_out_of_fuel() {
         let problem = template("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
-            .render(&BTreeMap::new())
+            .render(&Value::UNDEFINED)
             .unwrap_err();
         assert!(problem.contains("fuel"), "{problem}");
     }
 
     #[test]
     fn output_is_capped() {
-        let problem = template("{{ 'x' * 2000000 }}").render(&BTreeMap::new()).unwrap_err();
+        let problem = template("{{ 'x' * 2000000 }}").render(&Value::UNDEFINED).unwrap_err();
         assert!(problem.contains("exceeds"), "{problem}");
     }
 }

@@ -1,7 +1,7 @@
 //! The replies flowgate makes itself: one JSON envelope for every outcome decided at the edge.
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The paused reply, byte for byte as the platform documents it.
 pub const PAUSED_BODY: &str = r#"{"status":200,"error":"biz_logic","message":"Flow status is `paused`. Unpause to run this flow using a webhook","data":null}"#;
@@ -53,7 +53,7 @@ struct Envelope<'a> {
     status: u16,
     error: Option<&'a str>,
     message: &'a str,
-    data: Option<Value>,
+    data: Option<&'a RawValue>,
 }
 
 /// Every `EdgeReply::code`, for defining one metric per outcome up front.
@@ -115,7 +115,7 @@ impl EdgeReply {
                 body: PAUSED_BODY.as_bytes().to_vec(),
             };
         }
-        let mut data = None;
+        let mut data: Option<Box<RawValue>> = None;
         let message: std::borrow::Cow<'_, str> = match self {
             EdgeReply::InvalidPath => {
                 "webhook path is not in canonical form; use the prefix followed by the flow id".into()
@@ -146,7 +146,7 @@ impl EdgeReply {
                 upstream_status,
                 detail,
             } => {
-                data = Some(serde_json::json!({ "upstream_status": upstream_status }));
+                data = RawValue::from_string(format!("{{\"upstream_status\":{upstream_status}}}")).ok();
                 (*detail).into()
             }
             EdgeReply::ExecutorUnavailable => {
@@ -165,7 +165,7 @@ impl EdgeReply {
             status: self.status(),
             error: Some(self.code()),
             message: &message,
-            data,
+            data: data.as_deref(),
         };
         Reply {
             status: self.status(),
@@ -176,7 +176,7 @@ impl EdgeReply {
 }
 
 /// The default async acknowledgement: the run is queued, `data` is the executor's object.
-pub fn run_scheduled(data: Option<Value>) -> Reply {
+pub fn run_scheduled(data: Option<&RawValue>) -> Reply {
     let envelope = Envelope {
         status: 200,
         error: None,
@@ -201,7 +201,7 @@ mod tests {
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    fn body(reply: &Reply) -> Value {
+    fn body(reply: &Reply) -> serde_json::Value {
         serde_json::from_slice(&reply.body).unwrap()
     }
 
@@ -259,10 +259,11 @@ mod tests {
 
     #[test]
     fn run_scheduled_wraps_the_executor_object() {
-        let reply = run_scheduled(Some(serde_json::json!({"run_id": "r1"})));
+        let run = RawValue::from_string(r#"{"run_id": "r1"}"#.to_string()).unwrap();
+        let reply = run_scheduled(Some(&run));
         assert_eq!(
             String::from_utf8(reply.body).unwrap(),
-            r#"{"status":200,"error":null,"message":"Flow run scheduled","data":{"run_id":"r1"}}"#
+            r#"{"status":200,"error":null,"message":"Flow run scheduled","data":{"run_id": "r1"}}"#
         );
     }
 }

@@ -3,16 +3,15 @@
 
 use std::rc::Rc;
 
+use minijinja::Value;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use serde_json::Value;
 
 use super::abi;
 use super::metrics;
 use super::root::Edge;
 use crate::answer::{self, ExecutorHead, ResponsePlan};
-use crate::body;
 use crate::config::Mode;
 use crate::gate::{self, Admission, RequestHead, Verdict};
 use crate::reply::{EdgeReply, Reply};
@@ -138,11 +137,8 @@ impl HttpContext for Stream {
             abi::set_header(MapType::HttpRequestHeaders, name, Some(value));
         }
         if end_of_stream {
-            return match admission.check_body(&[]) {
-                Ok(()) => {
-                    let request_body = body::bind(head.content_type, &[]);
-                    self.forward(admission, request_body)
-                }
+            return match admission.check_body(head.content_type, &[]) {
+                Ok(request_body) => self.forward(admission, request_body),
                 Err(refusal) => self.refuse(refusal, &admission.flow.id.clone()),
             };
         }
@@ -154,7 +150,7 @@ impl HttpContext for Stream {
             };
             return Action::Pause;
         }
-        self.forward(admission, Value::Null)
+        self.forward(admission, Value::UNDEFINED)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -185,16 +181,13 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         let bytes = abi::buffer(BufferType::HttpRequestBody, body_size);
-        if let Err(refusal) = admission.check_body(&bytes) {
-            let flow_id = admission.flow.id.clone();
-            return self.refuse(refusal, &flow_id);
+        match admission.check_body(content_type.as_deref(), &bytes) {
+            Ok(request_body) => self.forward(admission, request_body),
+            Err(refusal) => {
+                let flow_id = admission.flow.id.clone();
+                self.refuse(refusal, &flow_id)
+            }
         }
-        let request_body = if admission.keep_body {
-            body::bind(content_type.as_deref(), &bytes)
-        } else {
-            Value::Null
-        };
-        self.forward(admission, request_body)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
