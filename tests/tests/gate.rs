@@ -259,11 +259,8 @@ const CHALLENGE_INVALID: &str = r#"Bearer realm="flowgate", error="invalid_token
 #[test]
 fn a_missing_token_is_401_with_a_bearer_challenge() {
     let stack = Stack::demo();
-    assert_unauthorized(
-        &post(&stack, "/v1/flow-webhook/f-1001", None, BODY),
-        Some(CHALLENGE),
-        "",
-    );
+    let response = post(&stack, "/v1/flow-webhook/f-1001", None, BODY);
+    assert_unauthorized(&response, Some(CHALLENGE), "");
     stack.executor.assert_received_nothing("no token");
 }
 
@@ -664,4 +661,33 @@ fn other_invalid_configurations_are_refused_at_load() {
     let config = demo_config_with("f-1002", "status", json!("running"));
     assert_refused(EnvoyOptions::new(config, executor.port()), &["f-1002", "status"]);
     assert_refused(EnvoyOptions::raw("{\"flows\": [", executor.port()), &[]);
+}
+
+// --- Metrics ------------------------------------------------------------------------------------
+
+/// docs/operations.md: one `wasmcustom.flowgate.requests.<outcome>` counter per outcome, counted
+/// once per request whichever worker's VM handled it.
+#[test]
+fn outcomes_are_counted_in_envoy_stats() {
+    let stack = Stack::demo();
+    for _ in 0..2 {
+        post(&stack, "/v1/flow-webhook/f-1001", None, BODY);
+    }
+    post(&stack, "/v1/flow-webhook/f-9999", None, BODY);
+    post(&stack, "/v1/flow-webhook/f-1001", Some(&bearer("f-1001")), BODY);
+    post(&stack, "/v1/flow-webhook/f-1002", Some(&bearer("f-1002")), BODY);
+    stack.send("GET", "/healthz", &[], b"");
+    let stats = stack.envoy.stats();
+    let counted = |outcome: &str| {
+        let name = format!("wasmcustom.flowgate.requests.{outcome}");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name} is not in /stats"))
+            .trim()
+            .to_string()
+    };
+    let outcomes = ["unauthorized", "not_found", "admitted_sync", "biz_logic", "passed"];
+    let got: Vec<String> = outcomes.iter().map(|o| counted(o)).collect();
+    assert_eq!(got, ["2", "1", "1", "1", "1"], "counters for {outcomes:?}");
 }
