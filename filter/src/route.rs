@@ -18,7 +18,8 @@ pub enum Route<'p> {
     NonCanonical,
 }
 
-/// Times a path is percent-decoded, so double-encoded separators (`%252F`) are seen too.
+/// Times a path is percent-decoded round by round, so double-encoded separators
+/// (`%252F`) are seen too; deeper encodings are judged by their full decoding.
 const DECODE_ROUNDS: usize = 3;
 
 /// Matches a raw `:path` (query allowed) against a canonical prefix ending in `/`.
@@ -32,17 +33,22 @@ pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
         return Route::Outside;
     }
     // A suspicious spelling: normalise it the way a lenient executor might.
+    let reaches_prefix = |bytes: &[u8]| starts_with_ignore_case_bytes(&normalise(bytes), prefix.as_bytes());
     let mut bytes = path.as_bytes().to_vec();
     for _ in 0..DECODE_ROUNDS {
-        let normal = normalise(&bytes);
-        if starts_with_ignore_case_bytes(&normal, prefix.as_bytes()) {
+        if reaches_prefix(&bytes) {
             return Route::NonCanonical;
         }
         let decoded = percent_decode(&bytes);
         if decoded == bytes {
-            break;
+            return Route::Outside;
         }
         bytes = decoded;
+    }
+    // Still encoded after every round: a decoder that loops until nothing is left
+    // sees the full decoding (`%2525252F` is `/` to it).
+    if reaches_prefix(&bytes) || reaches_prefix(&percent_decode_fully(&bytes)) {
+        return Route::NonCanonical;
     }
     Route::Outside
 }
@@ -131,6 +137,24 @@ pub fn percent_decode(input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Decodes `%XX` until none is left, in one pass: what decoding round after round
+/// reaches, without a round per level of nesting. A decoded byte can only complete an
+/// escape that ends at it, so each is decoded as soon as it is written.
+fn percent_decode_fully(input: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::with_capacity(input.len());
+    for &b in input {
+        out.push(b);
+        while let [.., b'%', hi, lo] = *out.as_slice() {
+            let Some(byte) = hex_value(hi).zip(hex_value(lo)).map(|(h, l)| h << 4 | l) else {
+                break;
+            };
+            out.truncate(out.len() - 3);
+            out.push(byte);
+        }
+    }
+    out
+}
+
 fn hex_value(digit: u8) -> Option<u8> {
     match digit {
         b'0'..=b'9' => Some(digit - b'0'),
@@ -206,6 +230,49 @@ mod tests {
             "/v1/flow-webhook/f-1001;x",
         ] {
             assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
+        }
+    }
+
+    /// Found by `fuzz/` (target `decide`): encodings nested past the decoding rounds
+    /// were judged by a partial decoding only, so they passed as non-webhooks.
+    #[test]
+    fn deeply_encoded_spellings_are_refused() {
+        for path in [
+            "/v1/flow-webhook%2525252Ff-1001",
+            "/%2525252Fv1/flow-webhook/f-1001",
+            "/v1/flow-webhoo%25256b/f-1001",
+            "/v1/flow-webhoo%252525256b/f-1001",
+            "/x/%252525252e%252525252e/v1/flow-webhook/f-1001",
+        ] {
+            assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
+        }
+        assert_eq!(route(PREFIX, "/static/%25252525252541"), Route::Outside);
+    }
+
+    #[test]
+    fn full_decoding_is_decoding_until_nothing_changes() {
+        for input in [
+            b"%2525252F".as_slice(),
+            b"%%32%35%34%31",
+            b"%2%34%31",
+            b"%%%41",
+            b"%zz%4",
+            b"%25%32%46",
+        ] {
+            let mut rounds = input.to_vec();
+            loop {
+                let next = percent_decode(&rounds);
+                if next == rounds {
+                    break;
+                }
+                rounds = next;
+            }
+            assert_eq!(
+                percent_decode_fully(input),
+                rounds,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
