@@ -810,20 +810,26 @@ fn try_send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
+    exchange(port, &request_bytes(method, raw_path, headers, body, true))
+}
+
+/// The bytes of a request with a `content-length` body (added unless the headers carry a length
+/// or a transfer-encoding), a `host` unless given, and `connection: close` when `close`.
+fn request_bytes(method: &str, raw_path: &str, headers: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
     let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-    let mut head = request_head(method, raw_path, headers);
+    let mut head = request_head(method, raw_path, headers, close);
     if !has("content-length") && !has("transfer-encoding") && (!body.is_empty() || method != "GET") {
         head.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
     let mut request = head.into_bytes();
     request.extend_from_slice(body);
-    exchange(port, &request)
+    request
 }
 
 /// Sends a request whose body goes as `transfer-encoding: chunked`, one chunk per item.
 pub fn send_chunked(port: u16, method: &str, raw_path: &str, headers: &[(&str, &str)], chunks: &[&[u8]]) -> Response {
-    let mut request = request_head(method, raw_path, headers);
+    let mut request = request_head(method, raw_path, headers, true);
     request.push_str("transfer-encoding: chunked\r\n\r\n");
     let mut request = request.into_bytes();
     for chunk in chunks.iter().filter(|c| !c.is_empty()) {
@@ -840,7 +846,7 @@ pub fn send_raw(port: u16, request: &[u8]) -> Response {
     exchange(port, request).unwrap_or_else(|e| panic!("raw request on 127.0.0.1:{port}: {e}"))
 }
 
-fn request_head(method: &str, raw_path: &str, headers: &[(&str, &str)]) -> String {
+fn request_head(method: &str, raw_path: &str, headers: &[(&str, &str)], close: bool) -> String {
     let mut head = format!("{method} {raw_path} HTTP/1.1\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         head.push_str("host: 127.0.0.1\r\n");
@@ -848,21 +854,51 @@ fn request_head(method: &str, raw_path: &str, headers: &[(&str, &str)]) -> Strin
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str("connection: close\r\n");
+    if close {
+        head.push_str("connection: close\r\n");
+    }
     head
 }
 
 fn exchange(port: u16, request: &[u8]) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    // A server may answer (413, 401...) and close before it has read the whole body: a failed
-    // write is not the test's business as long as a response comes back.
-    // No half-close after the request: Envoy drops a connection whose client shuts down writing.
-    let written = stream.write_all(request);
-    match read_response(&mut BufReader::new(&stream)) {
-        Ok(response) => Ok(response),
-        Err(e) => Err(written.err().unwrap_or(e)),
+    Connection::open(port)?.exchange(request)
+}
+
+/// One kept-alive HTTP/1.1 connection, for several requests in a row.
+pub struct Connection {
+    reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    pub fn open(port: u16) -> std::io::Result<Connection> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Connection {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one request on this connection (without `connection: close`) and reads its response.
+    pub fn send(
+        &mut self,
+        method: &str,
+        raw_path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        self.exchange(&request_bytes(method, raw_path, headers, body, false))
+    }
+
+    fn exchange(&mut self, request: &[u8]) -> std::io::Result<Response> {
+        // A server may answer (413, 401...) and close before it has read the whole body: a failed
+        // write is not the test's business as long as a response comes back. And no half-close
+        // after the request: Envoy drops a connection whose client shuts down writing.
+        let written = self.reader.get_mut().write_all(request);
+        match read_response(&mut self.reader) {
+            Ok(response) => Ok(response),
+            Err(e) => Err(written.err().unwrap_or(e)),
+        }
     }
 }
 
