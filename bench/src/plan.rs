@@ -1,0 +1,264 @@
+//! What is measured: the three listeners, the scenarios, and the flow sets each listener is
+//! configured with (flowgate's plugin configuration and the Lua peer's token table).
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Every bench flow accepts bodies up to this size, so the 1 MiB scenario is admitted.
+pub const MAX_BODY_BYTES: u64 = 2 * 1024 * 1024;
+
+/// The three ways through the same Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Envoy's router alone: the limit.
+    Plain,
+    /// `envoy.filters.http.lua` running bench/lua/gate.lua.
+    Lua,
+    /// `envoy.filters.http.wasm` running flowgate.wasm.
+    Flowgate,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 3] = [Listener::Plain, Listener::Lua, Listener::Flowgate];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Listener::Plain => "plain",
+            Listener::Lua => "lua",
+            Listener::Flowgate => "flowgate",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Listener::Plain => 0,
+            Listener::Lua => 1,
+            Listener::Flowgate => 2,
+        }
+    }
+}
+
+/// Which goal a scenario's flowgate numbers are held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Forwarded to the executor: flowgate >= 0.9x plain.
+    Admitted,
+    /// Answered at the edge: flowgate >= plain.
+    Rejected,
+    /// Not a webhook: reported, no goal of its own.
+    Passed,
+}
+
+/// One kind of request, sent identically to every listener.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub what: &'static str,
+    /// Flows configured (the demo flows plus generated ones).
+    pub flows: usize,
+    pub path: &'static str,
+    /// Whether the request carries the flow's valid token (else a wrong one of the same shape).
+    pub valid_token: bool,
+    /// Request body size; `None` is the seed's body.
+    pub body_bytes: Option<usize>,
+    /// What the gated listeners (Lua, flowgate) answer; plain Envoy always gets the upstream's answer.
+    pub status: u16,
+    pub class: Class,
+}
+
+const SYNC: &str = "/v1/flow-webhook/f-1001";
+const PAUSED: &str = "/v1/flow-webhook/f-1002";
+const ASYNC: &str = "/v1/flow-webhook/f-1003";
+
+/// The full scenario list, grouped by flow count (one Envoy per group).
+#[rustfmt::skip]
+pub fn scenarios() -> Vec<Scenario> {
+    let s = |name, what, flows, path, valid_token, body_bytes, status, class| Scenario {
+        name, what, flows, path, valid_token, body_bytes, status, class,
+    };
+    use Class::*;
+    vec![
+        s("sync", "admitted sync, seed template rendered", 10, SYNC, true, None, 200, Admitted),
+        s("async", "admitted async, run-scheduled envelope", 10, ASYNC, true, None, 200, Admitted),
+        s("reject-401", "wrong bearer token", 10, SYNC, false, None, 401, Rejected),
+        s("paused", "paused flow, valid token", 10, PAUSED, true, None, 200, Rejected),
+        s("401-64k", "wrong token, 64 KiB body", 10, SYNC, false, Some(64 * 1024), 401, Rejected),
+        s("pass", "not a webhook path (filter passes)", 10, "/healthz/other", true, None, 200, Passed),
+        s("body-1k", "sync, 1 KiB JSON body", 10, SYNC, true, Some(1024), 200, Admitted),
+        s("body-64k", "sync, 64 KiB JSON body", 10, SYNC, true, Some(64 * 1024), 200, Admitted),
+        s("body-1m", "sync, 1 MiB JSON body", 10, SYNC, true, Some(1024 * 1024), 200, Admitted),
+        s("sync-10k", "sync, 10,000 flows configured", 10_000, SYNC, true, None, 200, Admitted),
+        s("401-10k", "wrong token, 10,000 flows", 10_000, SYNC, false, None, 401, Rejected),
+        s("sync-100k", "sync, 100,000 flows configured", 100_000, SYNC, true, None, 200, Admitted),
+        s("401-100k", "wrong token, 100,000 flows", 100_000, SYNC, false, None, 401, Rejected),
+    ]
+}
+
+/// The seed's request body, or a JSON object of exactly `size` bytes with the same fields.
+pub fn request_body(size: Option<usize>) -> Vec<u8> {
+    const SEED: &str = r#"{"company_id": 123456, "user_id": 789123}"#;
+    let Some(size) = size else {
+        return SEED.as_bytes().to_vec();
+    };
+    let head = r#"{"company_id": 123456, "user_id": 789123, "pad": ""#;
+    let tail = r#""}"#;
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let mut body = String::with_capacity(size);
+    body.push_str(head);
+    body.extend(std::iter::repeat_n('x', pad));
+    body.push_str(tail);
+    body.into_bytes()
+}
+
+/// The demo flows of examples/flows.json with their public demo tokens.
+pub struct Demo {
+    flows: Vec<Value>,
+    tokens: Vec<Vec<String>>,
+}
+
+impl Demo {
+    pub fn parse(text: &str) -> Result<Demo, String> {
+        let root: Value = serde_json::from_str(text).map_err(|e| format!("examples/flows.json: {e}"))?;
+        let flows = root["flows"]
+            .as_array()
+            .ok_or("examples/flows.json: no `flows` array")?;
+        let mut out = Demo {
+            flows: Vec::new(),
+            tokens: Vec::new(),
+        };
+        for flow in flows {
+            let mut flow = flow.clone();
+            let object = flow
+                .as_object_mut()
+                .ok_or("examples/flows.json: a flow is not an object")?;
+            // Executor-only fields; the plugin configuration refuses unknown keys.
+            object.remove("steps");
+            object.remove("run_ms");
+            object.insert("max_body_bytes".into(), json!(MAX_BODY_BYTES));
+            let id = object["id"].as_str().unwrap_or_default().to_string();
+            let tokens: Vec<String> = root["_demo_tokens"][&id]
+                .as_array()
+                .ok_or(format!("examples/flows.json: no demo token for {id}"))?
+                .iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            out.flows.push(flow);
+            out.tokens.push(tokens);
+        }
+        Ok(out)
+    }
+
+    /// The first demo token of a flow.
+    pub fn token(&self, flow_id: &str) -> Option<&str> {
+        let index = self.flows.iter().position(|f| f["id"] == flow_id)?;
+        self.tokens.get(index)?.first().map(String::as_str)
+    }
+
+    /// `count` flows: the demo flows, then copies of them (cycling) with their own ids and tokens.
+    fn flows(&self, count: usize) -> Vec<(Value, Vec<String>)> {
+        (0..count.max(self.flows.len()))
+            .map(|i| {
+                let shape = i % self.flows.len();
+                let (flow, tokens) = (&self.flows[shape], &self.tokens[shape]);
+                if i < self.flows.len() {
+                    return (flow.clone(), tokens.clone());
+                }
+                let mut flow = flow.clone();
+                flow["id"] = json!(format!("bench-{i:06}"));
+                let tokens: Vec<String> = (0..tokens.len())
+                    .map(|k| format!("bench-{i:06}-{k}-{}", &hex(&Sha256::digest(format!("{i}/{k}")))[..40]))
+                    .collect();
+                flow["token_sha256"] = json!(tokens.iter().map(|t| sha256_hex(t)).collect::<Vec<_>>());
+                (flow, tokens)
+            })
+            .collect()
+    }
+
+    /// flowgate's plugin configuration (CONTRACT section 2) with `count` flows.
+    pub fn plugin_config(&self, count: usize) -> String {
+        let flows: Vec<Value> = self.flows(count).into_iter().map(|(flow, _)| flow).collect();
+        json!({
+            "webhook_path_prefix": "/v1/flow-webhook/",
+            "max_body_bytes": MAX_BODY_BYTES,
+            "flows": flows,
+        })
+        .to_string()
+    }
+
+    /// The Lua peer's flow table with `count` flows: plain tokens, chunked so that no Lua
+    /// function holds more constants than LuaJIT allows.
+    pub fn lua_table(&self, count: usize) -> String {
+        let mut lua = String::from("FLOWS = {}\n");
+        for (n, (flow, tokens)) in self.flows(count).iter().enumerate() {
+            if n % 2000 == 0 {
+                if n > 0 {
+                    lua.push_str("end)(FLOWS)\n");
+                }
+                // The `;` keeps Lua from reading `(FLOWS)(function ...)` as one call chain.
+                lua.push_str(";(function(F)\n");
+            }
+            let token_set: String = tokens.iter().map(|t| format!("[{t:?}]=true,")).collect();
+            let _ = writeln!(
+                lua,
+                "F[{:?}]={{ref={:?},paused={},async={},template={},max={},tokens={{{token_set}}}}}",
+                flow["id"].as_str().unwrap_or_default(),
+                flow["ref_id"].as_str().unwrap_or_default(),
+                flow["status"] == "paused",
+                flow["async"] == true,
+                flow.get("response").is_some(),
+                MAX_BODY_BYTES,
+            );
+        }
+        lua.push_str("end)(FLOWS)\n");
+        lua
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = include_str!("../../examples/flows.json");
+
+    #[test]
+    fn bodies_have_the_asked_size_and_parse() {
+        for size in [1024, 64 * 1024, 1024 * 1024] {
+            let body = request_body(Some(size));
+            assert_eq!(body.len(), size);
+            let value: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(value["company_id"], 123456);
+        }
+    }
+
+    #[test]
+    fn generated_flows_are_distinct_and_their_digests_match_their_tokens() {
+        let demo = Demo::parse(DEMO).unwrap();
+        let config: Value = serde_json::from_str(&demo.plugin_config(12)).unwrap();
+        let flows = config["flows"].as_array().unwrap();
+        assert_eq!(flows.len(), 12);
+        let ids: std::collections::HashSet<_> = flows.iter().map(|f| f["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 12);
+        let generated = demo.flows(12);
+        assert_eq!(generated[11].0["token_sha256"][0], sha256_hex(&generated[11].1[0]));
+        assert_eq!(flows[0]["token_sha256"][0], sha256_hex(demo.token("f-1001").unwrap()));
+    }
+
+    #[test]
+    fn lua_table_closes_every_chunk() {
+        let demo = Demo::parse(DEMO).unwrap();
+        let lua = demo.lua_table(4001);
+        assert_eq!(lua.matches("(function(F)").count(), 3);
+        assert_eq!(lua.matches("end)(FLOWS)").count(), 3);
+        assert!(lua.contains(r#"F["f-1002"]={ref="web2",paused=true,"#));
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Load benchmark: the same webhook traffic through three listeners of ONE Envoy (--concurrency 1)
+# -- plain routing (the limit), Envoy's Lua filter doing the equivalent work (bench/lua/gate.lua),
+# and flowgate -- alternated round by round so machine noise cancels in the ratios.
+# Writes bench/results/<date>.md, bench/results/latest.md and bench/results/latest.svg.
+#
+#   scripts/bench.sh                  full run (~12 minutes on 2 cores)
+#   scripts/bench.sh --quick          1 s per run, 1 round, no memory phase (a smoke test)
+#   scripts/bench.sh --only sync,reject-401 --seconds 3
+#   scripts/bench.sh --profile        add a perf (cpu-clock) split of where Envoy's time goes
+#   scripts/bench.sh --help           every option
+#
+# Needs wrk (scripts/setup.sh --bench) and Envoy in .venv (scripts/setup.sh). Native
+# microbenchmarks of the core are separate: cargo bench -p flowgate --bench core
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+command -v wrk >/dev/null 2>&1 || { echo "bench.sh: wrk not found; run scripts/setup.sh --bench" >&2; exit 1; }
+[ -x .venv/bin/envoy ] || { echo "bench.sh: .venv/bin/envoy not found; run scripts/setup.sh" >&2; exit 1; }
+
+echo "bench.sh: building flowgate.wasm and flowgate-bench (release)" >&2
+cargo build --quiet --release --target wasm32-wasip1 -p flowgate
+cargo build --quiet --release -p flowgate-bench
+exec target/release/flowgate-bench "$@"
