@@ -111,9 +111,18 @@ impl Admission {
 /// Decides a request from its head. `flows` is `None` while a live directory has
 /// never loaded and no static flows exist.
 pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -> Verdict<'p> {
-    let Ok(path) = std::str::from_utf8(head.path) else {
-        // Envoy refuses non-ASCII paths; anything else is not ours to judge.
-        return Verdict::Pass;
+    // The query may hold any bytes; only the path itself is routed.
+    let path = head.path.split(|&b| b == b'?' || b == b'#').next().unwrap_or_default();
+    let Ok(path) = std::str::from_utf8(path) else {
+        // Not the canonical path of any flow (ids are ASCII), but Envoy may still forward
+        // it and an executor read it as a webhook: judge its spelling like any other.
+        return match route::route(prefix, &String::from_utf8_lossy(path)) {
+            Route::Outside => Verdict::Pass,
+            Route::Webhook { .. } | Route::NonCanonical => Verdict::Reply {
+                reply: EdgeReply::InvalidPath,
+                flow_id: "",
+            },
+        };
     };
     let flow_id = match route::route(prefix, path) {
         Route::Outside => return Verdict::Pass,
@@ -296,6 +305,36 @@ mod tests {
         assert!(is_own_header(b"x-flowgate-mode"));
         assert!(is_own_header(b"X-Flowgate-Flow-Id"));
         assert!(!is_own_header(b"x-flowgat"));
+    }
+
+    /// Found by `fuzz/` (target `decide`): a path that was not UTF-8 passed unchecked,
+    /// even under the webhook prefix.
+    #[test]
+    fn paths_that_are_not_utf8_are_judged_too() {
+        let decide_path = |path: &[u8]| {
+            let bearer = format!("Bearer {TOKEN}");
+            let pairs: Vec<(&[u8], &[u8])> = vec![
+                (b":method", b"POST"),
+                (b":path", path),
+                (b"authorization", bearer.as_bytes()),
+            ];
+            let config = config();
+            match decide(
+                &config.webhook_path_prefix,
+                Some(&config.flows),
+                &RequestHead::from_headers(&pairs),
+            ) {
+                Verdict::Pass => "pass",
+                Verdict::Reply { reply, .. } => reply.code(),
+                Verdict::Admit(_) => "admit",
+            }
+        };
+        assert_eq!(decide_path(b"/v1/flow-webhook/f-1\xff"), "invalid_path");
+        assert_eq!(decide_path(b"/v1/flow-webhook/\xff/../f-1"), "invalid_path");
+        assert_eq!(decide_path(b"/V1/flow-webhook/\xfe"), "invalid_path");
+        assert_eq!(decide_path(b"/static/\xff"), "pass");
+        assert_eq!(decide_path(b"/v1/flow-webhook/f-1?q=\xff"), "admit");
+        assert_eq!(decide_path(b"/v1/flow-webhook/f-1#\xff"), "admit");
     }
 
     #[test]
