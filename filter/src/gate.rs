@@ -112,7 +112,7 @@ impl Admission {
 /// never loaded and no static flows exist.
 pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -> Verdict<'p> {
     // The query may hold any bytes; only the path itself is routed.
-    let path = head.path.split(|&b| b == b'?' || b == b'#').next().unwrap_or_default();
+    let path = head.path.split(|&b| b == b'?').next().unwrap_or_default();
     let Ok(path) = std::str::from_utf8(path) else {
         // Not the canonical path of any flow (ids are ASCII), but Envoy may still forward
         // it and an executor read it as a webhook: judge its spelling like any other.
@@ -334,7 +334,7 @@ mod tests {
         assert_eq!(decide_path(b"/V1/flow-webhook/\xfe"), "invalid_path");
         assert_eq!(decide_path(b"/static/\xff"), "pass");
         assert_eq!(decide_path(b"/v1/flow-webhook/f-1?q=\xff"), "admit");
-        assert_eq!(decide_path(b"/v1/flow-webhook/f-1#\xff"), "admit");
+        assert_eq!(decide_path(b"/v1/flow-webhook/f-1#\xff"), "invalid_path");
     }
 
     #[test]

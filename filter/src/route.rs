@@ -24,7 +24,9 @@ const DECODE_ROUNDS: usize = 3;
 
 /// Matches a raw `:path` (query allowed) against a canonical prefix ending in `/`.
 pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
-    let path = raw_path.split(['?', '#']).next().unwrap_or_default();
+    // Only the query is cut off: a fragment has no place in a request target, and an
+    // executor may read `#` as part of the path, so it makes a spelling suspicious.
+    let path = raw_path.split('?').next().unwrap_or_default();
     if let Some(rest) = path.strip_prefix(prefix) {
         if is_plain(path) {
             return Route::Webhook { flow_id: rest };
@@ -55,7 +57,9 @@ pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
 
 /// True when nothing in `s` could be rewritten by path normalisation.
 fn is_plain(s: &str) -> bool {
-    !s.contains(['%', '\\', ';']) && !s.contains("//") && !s.split('/').any(|segment| segment == "." || segment == "..")
+    !s.contains(['%', '\\', ';', '#'])
+        && !s.contains("//")
+        && !s.split('/').any(|segment| segment == "." || segment == "..")
 }
 
 fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
@@ -247,6 +251,26 @@ mod tests {
             assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
         }
         assert_eq!(route(PREFIX, "/static/%25252525252541"), Route::Outside);
+    }
+
+    /// Found by `fuzz/` (target `decide`): everything from a `#` was cut off like a query,
+    /// so `/x#/../v1/flow-webhook/f-1001` passed, though an executor that keeps the `#`
+    /// in the path resolves it to the webhook.
+    #[test]
+    fn a_fragment_is_part_of_the_spelling() {
+        for path in [
+            "/x#/../v1/flow-webhook/f-1001",
+            "/v1/flow-webhook/f-1001#x",
+            "/v1/flow-webhook/f-2#/../f-1001",
+        ] {
+            assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
+        }
+        assert_eq!(route(PREFIX, "/static#frag"), Route::Outside);
+        assert_eq!(route(PREFIX, "/v1/flow-webhook#/f-1001"), Route::Outside);
+        assert_eq!(
+            route(PREFIX, "/v1/flow-webhook/f-1001?q=#x"),
+            Route::Webhook { flow_id: "f-1001" }
+        );
     }
 
     #[test]
