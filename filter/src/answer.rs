@@ -49,6 +49,11 @@ pub fn plan(flow: &Flow, head: ExecutorHead) -> ResponsePlan {
             EdgeReply::ExecutorUnavailable
         });
     }
+    if flow.mode == Mode::Async && matches!(head.status, 429 | 503) {
+        // The executor says it cannot queue the run now: nothing was accepted, so the
+        // sender is told to retry (CONTRACT 3.2).
+        return ResponsePlan::Reply(EdgeReply::ExecutorUnavailable);
+    }
     if !(200..300).contains(&head.status) {
         return ResponsePlan::Reply(EdgeReply::ExecutorError {
             upstream_status: head.status,
@@ -187,6 +192,23 @@ mod tests {
                 "{id}"
             );
         }
+    }
+
+    #[test]
+    fn an_async_executor_that_cannot_queue_asks_the_sender_to_retry() {
+        let config = flows();
+        for status in [429, 503] {
+            let plan = plan(config.flows.get("queued").unwrap(), via_upstream(status));
+            assert_eq!(plan, ResponsePlan::Reply(EdgeReply::ExecutorUnavailable), "{status}");
+        }
+        let sync = plan(config.flows.get("plain").unwrap(), via_upstream(503));
+        assert!(matches!(
+            sync,
+            ResponsePlan::Reply(EdgeReply::ExecutorError {
+                upstream_status: 503,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -396,6 +396,22 @@ fn an_executor_error_status_is_502_with_the_upstream_status_for_every_kind_of_fl
 }
 
 #[test]
+fn an_async_executor_that_cannot_queue_makes_the_sender_retry() {
+    let stack = Stack::start(&flow_file());
+    stack.executor.set_fault(json!({"mode": "status", "status": 503}));
+    for flow_id in ["f-1003", "t-async-tpl"] {
+        assert_unavailable(&post(&stack, flow_id, JSON, BODY), flow_id);
+    }
+    // A sync flow's 503 is an executor answer like any other error.
+    assert_executor_error(&post(&stack, "t-seed", JSON, BODY), 503, "t-seed");
+    assert!(
+        stack.executor.runs().is_empty(),
+        "nothing was queued: {:?}",
+        stack.executor.runs()
+    );
+}
+
+#[test]
 fn garbage_from_the_executor_is_502_for_a_templated_sync_flow() {
     let stack = Stack::start(&flow_file());
     stack.executor.set_fault(json!({"mode": "garbage"}));
