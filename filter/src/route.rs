@@ -34,25 +34,45 @@ pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
     } else if is_plain(path) && !starts_with_ignore_case(path, prefix) {
         return Route::Outside;
     }
-    // A suspicious spelling: normalise it the way a lenient executor might.
+    // A suspicious spelling: normalise it the ways a lenient executor might, with
+    // `;params` cut from the raw segments first (as servlet containers do) or not.
+    let raw = path.as_bytes();
+    if reaches(prefix, raw) || reaches(prefix, &without_params(raw)) {
+        return Route::NonCanonical;
+    }
+    Route::Outside
+}
+
+/// Whether `path`, decoded round by round and then fully, normalises into `prefix`.
+fn reaches(prefix: &str, path: &[u8]) -> bool {
     let reaches_prefix = |bytes: &[u8]| starts_with_ignore_case_bytes(&normalise(bytes), prefix.as_bytes());
-    let mut bytes = path.as_bytes().to_vec();
+    let mut bytes = path.to_vec();
     for _ in 0..DECODE_ROUNDS {
         if reaches_prefix(&bytes) {
-            return Route::NonCanonical;
+            return true;
         }
         let decoded = percent_decode(&bytes);
         if decoded == bytes {
-            return Route::Outside;
+            return false;
         }
         bytes = decoded;
     }
     // Still encoded after every round: a decoder that loops until nothing is left
     // sees the full decoding (`%2525252F` is `/` to it).
-    if reaches_prefix(&bytes) || reaches_prefix(&percent_decode_fully(&bytes)) {
-        return Route::NonCanonical;
+    reaches_prefix(&bytes) || reaches_prefix(&percent_decode_fully(&bytes))
+}
+
+/// `path` with `;params` cut from each raw `/`-separated segment, before anything is
+/// decoded: `/;%2Fx/a` is `/a` to Tomcat, while `normalise` alone reads `/x/a`.
+fn without_params(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for (i, segment) in path.split(|&b| b == b'/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend_from_slice(segment.split(|&b| b == b';').next().unwrap_or_default());
     }
-    Route::Outside
+    out
 }
 
 /// True when nothing in `s` could be rewritten by path normalisation.
@@ -271,6 +291,21 @@ mod tests {
             route(PREFIX, "/v1/flow-webhook/f-1001?q=#x"),
             Route::Webhook { flow_id: "f-1001" }
         );
+    }
+
+    /// Found by `fuzz/` (target `decide`): `;params` were only cut after separators were
+    /// decoded, so a parameter holding an encoded `/` or a `\\` hid the segments after it.
+    #[test]
+    fn params_are_cut_before_separators_are_decoded_too() {
+        for path in [
+            "/;%2Fx/v1/flow-webhook/f-1001",
+            "/;\\x/v1/flow-webhook/f-1001",
+            "/v1;%5C..%5C../flow-webhook/f-1001",
+            "/v1/flow-webhook;%2F..%2F..%2Fx/f-1001",
+        ] {
+            assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
+        }
+        assert_eq!(route(PREFIX, "/x;%2F/v2/f-1001"), Route::Outside);
     }
 
     #[test]
