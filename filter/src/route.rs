@@ -45,7 +45,11 @@ pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
 
 /// Whether `path`, decoded round by round and then fully, normalises into `prefix`.
 fn reaches(prefix: &str, path: &[u8]) -> bool {
-    let reaches_prefix = |bytes: &[u8]| starts_with_ignore_case_bytes(&normalise(bytes), prefix.as_bytes());
+    let reaches_prefix = |bytes: &[u8]| {
+        [false, true]
+            .into_iter()
+            .any(|cut_params| starts_with_ignore_case_bytes(&normalise(bytes, cut_params), prefix.as_bytes()))
+    };
     let mut bytes = path.to_vec();
     for _ in 0..DECODE_ROUNDS {
         if reaches_prefix(&bytes) {
@@ -91,15 +95,19 @@ fn starts_with_ignore_case_bytes(s: &[u8], prefix: &[u8]) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
-/// Resolves separators (`/`, `\`, their percent-encodings), `;params`, empty and
-/// dot segments. The result starts with `/` and ends with `/` when the last segment
-/// was empty or a dot segment (RFC 3986 section 5.2.4).
-fn normalise(path: &[u8]) -> Vec<u8> {
+/// Resolves separators (`/`, `\`, their percent-encodings), empty and dot segments,
+/// and with `cut_params` `;params` (servlet containers cut them; most servers keep
+/// them, so `..;` is no dot segment to them). The result starts with `/` and ends with
+/// `/` when the last segment was empty or a dot segment (RFC 3986 section 5.2.4).
+fn normalise(path: &[u8], cut_params: bool) -> Vec<u8> {
     let decoded_separators = replace_encoded_separators(path);
     let mut segments: Vec<&[u8]> = Vec::new();
     let mut trailing = false;
     for raw in decoded_separators.split(|&b| b == b'/' || b == b'\\') {
-        let segment = raw.split(|&b| b == b';').next().unwrap_or_default();
+        let segment = match cut_params {
+            true => raw.split(|&b| b == b';').next().unwrap_or_default(),
+            false => raw,
+        };
         trailing = matches!(segment, b"" | b"." | b"..");
         match segment {
             b"" | b"." => {}
@@ -306,6 +314,21 @@ mod tests {
             assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
         }
         assert_eq!(route(PREFIX, "/x;%2F/v2/f-1001"), Route::Outside);
+    }
+
+    /// Found by `fuzz/` (target `decide`): `;params` were always cut, so `..;` was read
+    /// as a dot segment, while a server that keeps parameters (most do) reads a segment
+    /// named `..;` and so a webhook path.
+    #[test]
+    fn params_are_also_kept_as_most_servers_do() {
+        for path in [
+            "/v1/flow-webhook/..;",
+            "/v1/flow-webhook/;x/../f-1001",
+            "/v1/flow-webhook/;/../f-1001",
+        ] {
+            assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
+        }
+        assert_eq!(route(PREFIX, "/v1/x;/../flow-webhook"), Route::Outside);
     }
 
     #[test]
