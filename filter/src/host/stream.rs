@@ -82,6 +82,7 @@ impl Stream {
             refusal.code(),
             refusal.status()
         );
+        self.edge.metrics.count(refusal.code());
         self.send(refusal.reply())
     }
 
@@ -139,7 +140,7 @@ impl HttpContext for Stream {
         if end_of_stream {
             return match admission.check_body(head.content_type, &[]) {
                 Ok(request_body) => self.forward(admission, request_body),
-                Err(refusal) => self.refuse(refusal, &admission.flow.id.clone()),
+                Err(refusal) => self.refuse(refusal, &admission.flow.id),
             };
         }
         if admission.must_read_body(head.content_length) {
@@ -154,67 +155,57 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Phase::Draining { .. } = self.phase {
-            if !end_of_stream {
-                return Action::Pause;
+        match std::mem::replace(&mut self.phase, Phase::Untouched) {
+            Phase::Draining { refusal, flow_id } if end_of_stream => self.refuse(refusal, &flow_id),
+            Phase::ReadingRequest {
+                admission,
+                content_type,
+            } => {
+                if let Err(refusal) = admission.check_size(body_size as u64) {
+                    return self.refuse(refusal, &admission.flow.id);
+                }
+                if !end_of_stream {
+                    self.phase = Phase::ReadingRequest {
+                        admission,
+                        content_type,
+                    };
+                    return Action::Pause;
+                }
+                let bytes = abi::buffer(BufferType::HttpRequestBody, body_size);
+                match admission.check_body(content_type.as_deref(), &bytes) {
+                    Ok(request_body) => self.forward(admission, request_body),
+                    Err(refusal) => self.refuse(refusal, &admission.flow.id),
+                }
             }
-            let Phase::Draining { refusal, flow_id } = std::mem::replace(&mut self.phase, Phase::Untouched) else {
-                return Action::Pause;
-            };
-            return self.refuse(refusal, &flow_id);
-        }
-        let Phase::ReadingRequest { admission, .. } = &self.phase else {
-            return Action::Continue;
-        };
-        if let Err(refusal) = admission.check_size(body_size as u64) {
-            let flow_id = admission.flow.id.clone();
-            return self.refuse(refusal, &flow_id);
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let Phase::ReadingRequest {
-            admission,
-            content_type,
-        } = std::mem::replace(&mut self.phase, Phase::Untouched)
-        else {
-            return Action::Continue;
-        };
-        let bytes = abi::buffer(BufferType::HttpRequestBody, body_size);
-        match admission.check_body(content_type.as_deref(), &bytes) {
-            Ok(request_body) => self.forward(admission, request_body),
-            Err(refusal) => {
-                let flow_id = admission.flow.id.clone();
-                self.refuse(refusal, &flow_id)
+            other => {
+                let action = if matches!(other, Phase::Draining { .. }) {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                };
+                self.phase = other;
+                action
             }
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Phase::Forwarded { admission, .. } = &self.phase else {
+        let Phase::Forwarded {
+            admission,
+            request_body,
+        } = std::mem::replace(&mut self.phase, Phase::Untouched)
+        else {
+            // Not admitted, or flowgate's own reply: never rewritten.
             return Action::Continue;
         };
         let status = abi::header(MapType::HttpResponseHeaders, ":status")
-            .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse().ok()))
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
             .unwrap_or(0);
         let details = abi::property(vec!["response", "code_details"]);
         match answer::plan(&admission.flow, ExecutorHead::new(status, &details)) {
-            ResponsePlan::PassThrough => {
-                self.phase = Phase::Untouched;
-                Action::Continue
-            }
-            ResponsePlan::Reply(fault) => {
-                let flow_id = admission.flow.id.clone();
-                self.refuse(fault, &flow_id)
-            }
+            ResponsePlan::PassThrough => Action::Continue,
+            ResponsePlan::Reply(fault) => self.refuse(fault, &admission.flow.id),
             ResponsePlan::ReadBody => {
-                let Phase::Forwarded {
-                    admission,
-                    request_body,
-                } = std::mem::replace(&mut self.phase, Phase::Untouched)
-                else {
-                    return Action::Continue;
-                };
                 self.phase = Phase::ReadingAnswer {
                     admission,
                     request_body,
@@ -229,20 +220,6 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Phase::ReadingAnswer { admission, status, .. } = &self.phase else {
-            return Action::Continue;
-        };
-        if body_size > MAX_EXECUTOR_BODY_BYTES {
-            let fault = EdgeReply::ExecutorError {
-                upstream_status: *status,
-                detail: "flow executor output is too large",
-            };
-            let flow_id = admission.flow.id.clone();
-            return self.refuse(fault, &flow_id);
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
         let Phase::ReadingAnswer {
             admission,
             request_body,
@@ -251,6 +228,21 @@ impl HttpContext for Stream {
         else {
             return Action::Continue;
         };
+        if body_size > MAX_EXECUTOR_BODY_BYTES {
+            let fault = EdgeReply::ExecutorError {
+                upstream_status: status,
+                detail: "flow executor output is too large",
+            };
+            return self.refuse(fault, &admission.flow.id);
+        }
+        if !end_of_stream {
+            self.phase = Phase::ReadingAnswer {
+                admission,
+                request_body,
+                status,
+            };
+            return Action::Pause;
+        }
         let output = abi::buffer(BufferType::HttpResponseBody, body_size);
         match answer::answer(&admission.flow, status, request_body, &output) {
             Ok(reply) => self.answer(reply),
