@@ -698,6 +698,11 @@ impl Envoy {
         self.admin_port
     }
 
+    /// The process id (to check that Envoy was never restarted, or to read its `/proc` entry).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("Envoy is running")
+    }
+
     /// Envoy's log so far (warn and above, including the filter's own warnings and errors).
     pub fn log(&self) -> String {
         read_log(&self.dir.path().join("envoy.log"))
