@@ -43,12 +43,45 @@ pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
     Route::Outside
 }
 
-/// Whether `path`, decoded round by round and then fully, normalises into `prefix`.
+/// The ways of reading a path that `normalise` can take: whether `\` separates
+/// segments, whether `;params` are cut from them. Executors differ in both, and
+/// either way can be the one that keeps a path under the prefix.
+const READINGS: [Reading; 4] = [
+    Reading {
+        backslash: true,
+        cut_params: true,
+    },
+    Reading {
+        backslash: true,
+        cut_params: false,
+    },
+    Reading {
+        backslash: false,
+        cut_params: true,
+    },
+    Reading {
+        backslash: false,
+        cut_params: false,
+    },
+];
+
+#[derive(Clone, Copy)]
+struct Reading {
+    backslash: bool,
+    cut_params: bool,
+}
+
+/// Whether `path`, decoded round by round and then fully (at each stage as it is,
+/// and with its encoded separators decoded), normalises into `prefix` in any reading.
 fn reaches(prefix: &str, path: &[u8]) -> bool {
     let reaches_prefix = |bytes: &[u8]| {
-        [false, true]
-            .into_iter()
-            .any(|cut_params| starts_with_ignore_case_bytes(&normalise(bytes, cut_params), prefix.as_bytes()))
+        let separators_decoded = replace_encoded_separators(bytes);
+        let found = [bytes, separators_decoded.as_slice()].into_iter().any(|spelling| {
+            READINGS
+                .into_iter()
+                .any(|reading| starts_with_ignore_case_bytes(&normalise(spelling, reading), prefix.as_bytes()))
+        });
+        found
     };
     let mut bytes = path.to_vec();
     for _ in 0..DECODE_ROUNDS {
@@ -95,16 +128,15 @@ fn starts_with_ignore_case_bytes(s: &[u8], prefix: &[u8]) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
-/// Resolves separators (`/`, `\`, their percent-encodings), empty and dot segments,
+/// Resolves empty and dot segments between `/` (and `\` in a `backslash` reading),
 /// and with `cut_params` `;params` (servlet containers cut them; most servers keep
 /// them, so `..;` is no dot segment to them). The result starts with `/` and ends with
 /// `/` when the last segment was empty or a dot segment (RFC 3986 section 5.2.4).
-fn normalise(path: &[u8], cut_params: bool) -> Vec<u8> {
-    let decoded_separators = replace_encoded_separators(path);
+fn normalise(path: &[u8], reading: Reading) -> Vec<u8> {
     let mut segments: Vec<&[u8]> = Vec::new();
     let mut trailing = false;
-    for raw in decoded_separators.split(|&b| b == b'/' || b == b'\\') {
-        let segment = match cut_params {
+    for raw in path.split(|&b| b == b'/' || (reading.backslash && b == b'\\')) {
+        let segment = match reading.cut_params {
             true => raw.split(|&b| b == b';').next().unwrap_or_default(),
             false => raw,
         };
@@ -329,6 +361,22 @@ mod tests {
             assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
         }
         assert_eq!(route(PREFIX, "/v1/x;/../flow-webhook"), Route::Outside);
+    }
+
+    /// Found by `fuzz/` (target `decide`): `\` and encoded separators always split
+    /// segments, so dot segments after them climbed out of the prefix, while a server
+    /// that keeps them in the segment (most keep `%2F`, many `\`) reads a webhook path.
+    #[test]
+    fn separators_are_also_kept_as_many_servers_do() {
+        for path in [
+            "//v1/flow-webhook/..%2Fx",
+            "/v1/flow-webhook/x%2F..%2F..",
+            "/v1/flow-webhook/x\\..\\..",
+            "/v1/flow-webhook/x%5C..%5C..%5C..",
+        ] {
+            assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
+        }
+        assert_eq!(route(PREFIX, "/v1/x\\..\\flow-webhook"), Route::Outside);
     }
 
     #[test]
