@@ -114,7 +114,8 @@ fn without_params(path: &[u8]) -> Vec<u8> {
 
 /// True when nothing in `s` could be rewritten by path normalisation.
 fn is_plain(s: &str) -> bool {
-    !s.contains(['%', '\\', ';', '#'])
+    s.starts_with('/')
+        && !s.contains(['%', '\\', ';', '#'])
         && !s.contains("//")
         && !s.split('/').any(|segment| segment == "." || segment == "..")
 }
@@ -377,6 +378,16 @@ mod tests {
             assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
         }
         assert_eq!(route(PREFIX, "/v1/x\\..\\flow-webhook"), Route::Outside);
+    }
+
+    /// Found by `fuzz/` (target `decide`): a path without its leading `/` was plain, so
+    /// `v1/flow-webhook/f-1001` passed, though a server that roots it reads the webhook.
+    #[test]
+    fn a_path_without_its_leading_slash_is_rooted() {
+        assert_eq!(route(PREFIX, "v1/flow-webhook/f-1001"), Route::NonCanonical);
+        assert_eq!(route(PREFIX, "V1/flow-webhook/"), Route::NonCanonical);
+        assert_eq!(route(PREFIX, "healthz"), Route::Outside);
+        assert_eq!(route(PREFIX, "*"), Route::Outside);
     }
 
     #[test]
