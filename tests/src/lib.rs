@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 /// How long a process may take to become ready before a test gives up on it.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a socket read may block: generous, so a slow CI machine does not flake.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -186,19 +186,6 @@ pub fn plugin_config_for(flow_file: &Value) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------------
-
-fn wait_for_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        sleep(Duration::from_millis(20));
-    }
-}
 
 fn kill_child(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
@@ -661,30 +648,38 @@ impl Envoy {
         }
     }
 
-    /// Starts Envoy with a configuration the filter must refuse, asserts that it does (Envoy 1.40
-    /// exits non-zero when `on_configure` returns false; an Envoy that stays up without ever
-    /// becoming ready counts too), and returns Envoy's log for the test to check the message.
+    /// Starts Envoy with a configuration the filter must refuse, asserts that it is refused, and
+    /// returns Envoy's log for the test to check the message. Envoy 1.40 exits non-zero when
+    /// `on_configure` returns false (checked by hand), so this waits for that exit, failing at once
+    /// if Envoy becomes ready instead, and failing after READY_TIMEOUT if it does neither.
     pub fn start_expect_failure(opts: EnvoyOptions) -> String {
         let mut launch = Launch::new(&opts);
-        let status = wait_for_exit(&mut launch.child, Duration::from_secs(15));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let outcome = loop {
+            if let Ok(Some(status)) = launch.child.try_wait() {
+                break Ok(status);
+            }
+            let ready = launch
+                .admin_port()
+                .and_then(|admin| admin_get(admin, "/ready"))
+                .is_some_and(|t| t.trim() == "LIVE");
+            if ready {
+                break Err("became ready with an invalid plugin configuration");
+            }
+            if Instant::now() >= deadline {
+                break Err("neither exited nor became ready (Envoy 1.40 exits on a refused configuration)");
+            }
+            sleep(Duration::from_millis(25));
+        };
+        let _ = launch.child.kill();
+        let _ = launch.child.wait();
         let log = launch.log();
-        match status {
-            Some(status) => assert!(
+        match outcome {
+            Ok(status) => assert!(
                 !status.success(),
                 "Envoy exited successfully with an invalid plugin configuration:\n{log}"
             ),
-            None => {
-                let ready = launch
-                    .admin_port()
-                    .and_then(|admin| admin_get(admin, "/ready"))
-                    .is_some_and(|t| t.trim() == "LIVE");
-                let _ = launch.child.kill();
-                let _ = launch.child.wait();
-                assert!(
-                    !ready,
-                    "Envoy became ready with an invalid plugin configuration:\n{log}"
-                );
-            }
+            Err(what) => panic!("Envoy {what}:\n{log}"),
         }
         log
     }
