@@ -116,7 +116,9 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         // Keep the logs of a failing test for a look afterwards.
-        if !std::thread::panicking() {
+        if std::thread::panicking() {
+            eprintln!("kept for inspection: {}", self.0.display());
+        } else {
             let _ = fs::remove_dir_all(&self.0);
         }
     }
