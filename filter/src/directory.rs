@@ -2,9 +2,11 @@
 //! which VM fetches when, and what every VM has seen.
 //!
 //! Envoy runs one VM per worker. One of them fetches per interval (whoever wins the
-//! lease, a compare-and-swap on shared data); it publishes the raw document with a
-//! generation number, and every VM loads a generation it has not seen yet.
+//! lease, a compare-and-swap on shared data); it checks and indexes the document
+//! once, publishes it with a generation number, and every VM loads a generation it
+//! has not seen yet, a step at a time.
 
+use std::ops::Range;
 use std::rc::Rc;
 
 use serde_json::value::RawValue;
@@ -17,37 +19,84 @@ pub const LEASE_KEY: &str = "flowgate.directory.next_fetch_ms";
 pub const PUBLISHED_KEY: &str = "flowgate.directory.published";
 pub const DOCUMENT_KEY: &str = "flowgate.directory.document";
 
-/// The flow entries of a directory document `{"flows": [...]}`, still as JSON text:
-/// only the document's shape is checked here, entries are validated as they load.
-pub fn entries(document: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
+/// The byte ranges of the flow entries of a directory document `{"flows": [...]}`.
+/// Only the document's shape is checked here; entries are validated as they load.
+pub fn entries(document: &[u8]) -> Result<Vec<Range<usize>>, String> {
     #[derive(serde::Deserialize)]
-    struct Document {
-        flows: Option<Box<RawValue>>,
+    struct Document<'a> {
+        #[serde(borrow)]
+        flows: Option<&'a RawValue>,
     }
-    let document: Document = serde_json::from_slice(document).map_err(|e| format!("not a flow directory: {e}"))?;
-    let flows = document.flows.ok_or("no \"flows\" field")?;
-    serde_json::from_str(flows.get()).map_err(|_| "\"flows\" is not an array".to_string())
+    let parsed: Document<'_> = serde_json::from_slice(document).map_err(|e| format!("not a flow directory: {e}"))?;
+    let flows = parsed.flows.ok_or("no \"flows\" field")?;
+    let entries: Vec<&RawValue> =
+        serde_json::from_str(flows.get()).map_err(|_| "\"flows\" is not an array".to_string())?;
+    // Borrowed raw values point into `document`, so their addresses give their ranges.
+    let base = document.as_ptr() as usize;
+    Ok(entries
+        .iter()
+        .map(|raw| {
+            let start = raw.get().as_ptr() as usize - base;
+            start..start + raw.get().len()
+        })
+        .collect())
+}
+
+/// A document with its entry ranges in front, so the VMs that load it need not scan it:
+/// `u32 count`, `count` pairs of `u32 start, u32 len`, then the document (little-endian).
+pub fn index(document: &[u8]) -> Result<Vec<u8>, String> {
+    let ranges = entries(document)?;
+    let mut blob = Vec::with_capacity(4 + ranges.len() * 8 + document.len());
+    let word = |n: usize| {
+        u32::try_from(n)
+            .map(u32::to_le_bytes)
+            .map_err(|_| "directory too large".to_string())
+    };
+    blob.extend(word(ranges.len())?);
+    for range in &ranges {
+        blob.extend(word(range.start)?);
+        blob.extend(word(range.len())?);
+    }
+    blob.extend_from_slice(document);
+    Ok(blob)
 }
 
 /// Entries loaded per step: a few milliseconds of work, so requests between steps
 /// are never held up for long while a large directory loads.
-pub const ENTRIES_PER_STEP: usize = 500;
+pub const ENTRIES_PER_STEP: usize = 250;
 
 /// A directory generation being loaded, one step at a time, while the previous
 /// flow set stays in force.
 pub struct Loading {
-    entries: Vec<Box<RawValue>>,
+    /// An indexed document (see `index`) and its entries' ranges within it.
+    blob: Vec<u8>,
+    entries: Vec<Range<usize>>,
     partial: PartialFlows,
     previous: Rc<Flows>,
 }
 
 impl Loading {
-    pub fn new(entries: Vec<Box<RawValue>>, previous: Rc<Flows>) -> Self {
-        Loading {
+    /// Reads an indexed document; `None` if it is malformed.
+    pub fn new(blob: Vec<u8>, previous: Rc<Flows>) -> Option<Self> {
+        let word = |at: usize| -> Option<usize> {
+            let bytes: [u8; 4] = blob.get(at..at.checked_add(4)?)?.try_into().ok()?;
+            usize::try_from(u32::from_le_bytes(bytes)).ok()
+        };
+        let count = word(0)?;
+        let document_at = count.checked_mul(8)?.checked_add(4)?;
+        let mut entries = Vec::with_capacity(count.min(blob.len() / 8));
+        for i in 0..count {
+            let start = document_at.checked_add(word(4 + i * 8)?)?;
+            let end = start.checked_add(word(8 + i * 8)?)?;
+            blob.get(start..end)?;
+            entries.push(start..end);
+        }
+        Some(Loading {
+            blob,
             entries,
             partial: PartialFlows::default(),
             previous,
-        }
+        })
     }
 
     /// Loads the next `ENTRIES_PER_STEP` entries; the finished set once all are in.
@@ -59,7 +108,10 @@ impl Loading {
             .get(start..end)
             .unwrap_or_default()
             .iter()
-            .map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null))
+            .map(|range| {
+                let text = self.blob.get(range.clone()).unwrap_or_default();
+                serde_json::from_slice(text).unwrap_or(Value::Null)
+            })
             .collect();
         builder.add(&mut self.partial, &chunk, &self.previous);
         if end < self.entries.len() {
@@ -135,7 +187,7 @@ mod tests {
             .collect();
         flows[7]["status"] = serde_json::json!("bogus");
         let document = serde_json::to_vec(&serde_json::json!({ "flows": flows })).unwrap();
-        let mut loading = Loading::new(entries(&document).unwrap(), Rc::default());
+        let mut loading = Loading::new(index(&document).unwrap(), Rc::default()).unwrap();
         let builder = FlowsBuilder::new(1024);
         assert!(loading.step(&builder).is_none());
         assert!(loading.step(&builder).is_none());
@@ -147,6 +199,22 @@ mod tests {
             "{}",
             problems[0]
         );
+    }
+
+    #[test]
+    fn indexed_documents_give_back_their_entries() {
+        let document = br#"{"x": [1], "flows": [ {"id": "a"} , 7,"s"]}"#;
+        let ranges = entries(document).unwrap();
+        let texts: Vec<&[u8]> = ranges.iter().map(|r| &document[r.clone()]).collect();
+        assert_eq!(texts, [&br#"{"id": "a"}"#[..], b"7", br#""s""#]);
+        let blob = index(document).unwrap();
+        assert_eq!(Loading::new(blob.clone(), Rc::default()).unwrap().entries.len(), 3);
+        for cut in [0, 3, 9, blob.len() - 30] {
+            assert!(
+                Loading::new(blob[..cut].to_vec(), Rc::default()).is_none(),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

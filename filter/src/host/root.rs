@@ -176,13 +176,17 @@ impl DirectoryClient {
         }
     }
 
-    /// Checks the document's shape and publishes it for every VM; a bad one keeps the last good set.
+    /// Checks and indexes the document once and publishes it for every VM; a bad one
+    /// keeps the last good set.
     fn publish(&mut self, edge: &Edge, document: &[u8], etag: &str) {
-        if let Err(problem) = directory::entries(document) {
-            edge.metrics.count(metrics::FETCH_FAILED);
-            log::warn!("flowgate: directory answer is not a flow list ({problem}); keeping the last good flows");
-            return;
-        }
+        let indexed = match directory::index(document) {
+            Ok(indexed) => indexed,
+            Err(problem) => {
+                edge.metrics.count(metrics::FETCH_FAILED);
+                log::warn!("flowgate: directory answer is not a flow list ({problem}); keeping the last good flows");
+                return;
+            }
+        };
         edge.metrics.count(metrics::FETCH_OK);
         let previous = read_published();
         let next = Published {
@@ -190,7 +194,7 @@ impl DirectoryClient {
             etag: etag.to_string(),
             fetched_at_ms: now_ms(),
         };
-        if hostcalls::set_shared_data(directory::DOCUMENT_KEY, Some(document), None).is_ok() {
+        if hostcalls::set_shared_data(directory::DOCUMENT_KEY, Some(&indexed), None).is_ok() {
             let _ = hostcalls::set_shared_data(directory::PUBLISHED_KEY, Some(&next.encode()), None);
         }
     }
@@ -202,14 +206,14 @@ impl DirectoryClient {
             if published.generation == self.seen.generation {
                 return;
             }
-            let Ok((Some(document), _)) = hostcalls::get_shared_data(directory::DOCUMENT_KEY) else {
-                return;
-            };
-            let Ok(entries) = directory::entries(&document) else {
+            let Ok((Some(indexed), _)) = hostcalls::get_shared_data(directory::DOCUMENT_KEY) else {
                 return;
             };
             let previous = edge.flows.borrow().clone().unwrap_or_default();
-            self.loading = Some((published, Loading::new(entries, previous)));
+            let Some(loading) = Loading::new(indexed, previous) else {
+                return;
+            };
+            self.loading = Some((published, loading));
             // Step on every turn of the event loop until the generation is in.
             let _ = hostcalls::set_tick_period(Duration::from_millis(1));
         }
