@@ -236,9 +236,10 @@ pub fn load_file(text: &str) -> Result<Vec<Flow>, String> {
         .and_then(Value::as_array)
         .ok_or_else(|| "expected an object with a `flows` array".to_string())?;
     let mut out: Vec<Flow> = Vec::with_capacity(flows.len());
+    let mut ids = std::collections::HashSet::with_capacity(flows.len());
     for flow in flows {
         let flow = Flow::from_json(flow)?;
-        if out.iter().any(|f| f.id == flow.id) {
+        if !ids.insert(flow.id.clone()) {
             return Err(format!("flow {}: duplicate id", flow.id));
         }
         out.push(flow);
