@@ -23,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub mod load;
+
 /// How long a process may take to become ready before a test gives up on it.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a socket read may block: generous, so a slow CI machine does not flake.

@@ -1,0 +1,499 @@
+//! The soak: mixed traffic at the highest rate the machine sustains (wrk, closed loop, every thread
+//! rotating sync templated, async, 401, paused and non-webhook requests) through Envoy (2 workers),
+//! flowgate and the reference executor for a given time. Reports requests served, unexpected
+//! answers (goal 0), wasm VM failures (goal 0: `wasm.flowgate.vm_reload*`) and Envoy's memory
+//! (VmRSS, sampled every 30 s: goal flat), and writes a Markdown report.
+//!
+//! Run it through `scripts/soak.sh [minutes]` (it builds what is needed first):
+//!
+//! ```text
+//! soak [--minutes M] [--out FILE] [--threads T] [--connections C] [--sample-seconds S]
+//! ```
+//!
+//! Exit status 1 when an answer was unexpected, a request got no answer, a VM failed or Envoy
+//! restarted; memory growth is reported with a verdict but does not change the exit status.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use flowgate_e2e::load::*;
+use flowgate_e2e::*;
+
+const USAGE: &str = "usage: soak [--minutes M] [--out FILE] [--threads T] [--connections C] [--sample-seconds S]
+
+  --minutes M          how long to drive the load (default 10; fractions allowed)
+  --out FILE           the Markdown report (default bench/results/soak-<UTC date>.md)
+  --threads T          wrk threads (default 2)
+  --connections C      wrk connections (default 16)
+  --sample-seconds S   memory sampling interval (default 30)";
+
+struct Args {
+    minutes: f64,
+    out: PathBuf,
+    threads: u32,
+    connections: u32,
+    sample: Duration,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut parsed = Args {
+        minutes: 10.0,
+        out: repo_root().join(format!("bench/results/soak-{}.md", today())),
+        threads: 2,
+        connections: 16,
+        sample: Duration::from_secs(30),
+    };
+    while let Some(name) = args.next() {
+        if name == "-h" || name == "--help" {
+            return Err(String::new());
+        }
+        let value = args.next().ok_or_else(|| format!("{name} needs a value"))?;
+        let number = |v: &str| v.parse::<f64>().map_err(|_| format!("{name}: not a number: {v}"));
+        match name.as_str() {
+            "--minutes" => parsed.minutes = number(&value)?,
+            "--out" => parsed.out = PathBuf::from(value),
+            "--threads" => parsed.threads = number(&value)? as u32,
+            "--connections" => parsed.connections = number(&value)? as u32,
+            "--sample-seconds" => parsed.sample = Duration::from_secs_f64(number(&value)?),
+            _ => return Err(format!("unknown argument {name}")),
+        }
+    }
+    if parsed.minutes.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        || parsed.threads == 0
+        || parsed.connections < parsed.threads
+    {
+        return Err("--minutes must be > 0, --threads >= 1, --connections >= --threads".into());
+    }
+    if parsed.sample < Duration::from_secs(1) {
+        return Err("--sample-seconds must be >= 1".into());
+    }
+    Ok(parsed)
+}
+
+/// Today's UTC date, `YYYY-MM-DD` (civil from days).
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// One memory sample of Envoy.
+struct Sample {
+    at: Duration,
+    rss_kib: u64,
+    hwm_kib: u64,
+    uptime_s: Option<u64>,
+    downstream_rq: u64,
+}
+
+fn stat_of(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Least-squares slope of RSS over time, MiB per minute.
+fn slope_mib_per_min(samples: &[&Sample]) -> f64 {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let xs: Vec<f64> = samples.iter().map(|s| s.at.as_secs_f64() / 60.0).collect();
+    let ys: Vec<f64> = samples.iter().map(|s| mib(s.rss_kib)).collect();
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let cov: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    if var == 0.0 {
+        0.0
+    } else {
+        cov / var
+    }
+}
+
+/// Upstream connections opened before the load (more than wrk's connections can keep busy).
+const WARM_CONNECTIONS: usize = 40;
+
+/// Opens Envoy's connections to the executor one at a time before the load starts.
+///
+/// The reference executor serves HTTP with tiny_http 0.12, which runs each connection on a thread
+/// of a pool for the connection's whole life. When a burst of new connections arrives while some
+/// pool threads are idle, its `TaskPool::spawn` queues them all for the idle threads (they are
+/// still counted as waiting until they wake) instead of starting new threads; a queued connection
+/// then waits until a thread is free, which with kept-alive connections is never: its request gets
+/// no answer and Envoy times out (504) after the route timeout. wrk's start, with Envoy opening
+/// many upstream connections at once, is such a burst. So: make the executor slow for a moment and
+/// send webhooks 40 ms apart, so each needs a new upstream connection and gets its own thread;
+/// Envoy keeps them in its pools for the load.
+fn warm_executor_connections(envoy: &Envoy, executor: &Executor, n: usize) {
+    let sync = Kind::sync();
+    let headers: Vec<(&str, &str)> = sync.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    executor.set_fault(serde_json::json!({"mode": "slow", "delay_ms": 40 * n as u64 + 500}));
+    std::thread::scope(|scope| {
+        for i in 0..n {
+            let headers = &headers;
+            let sync = &sync;
+            scope.spawn(move || {
+                sleep(Duration::from_millis(40 * i as u64));
+                let response = envoy.send(&sync.method, &sync.path, headers, sync.body.as_bytes());
+                if response.status != 200 {
+                    eprintln!("soak: warm-up request {i}: {} {}", response.status, response.text());
+                }
+            });
+        }
+        sleep(Duration::from_millis(40 * n as u64));
+        executor.set_fault(serde_json::json!({"mode": "none"}));
+    });
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("soak: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    wrk_binary();
+    let duration = Duration::from_secs_f64(args.minutes * 60.0);
+
+    // The demo flows, with the async demo flow's 2 s run cut to 10 ms so the executor's worker
+    // (64 runs at a time) keeps up with the load instead of queueing without end.
+    let mut flows = demo_flows();
+    for flow in flows["flows"].as_array_mut().expect("flows") {
+        if flow["id"] == "f-1003" {
+            flow["run_ms"] = 10.into();
+        }
+    }
+    let executor = Executor::start(&flows);
+    let envoy = Envoy::start(EnvoyOptions::new(plugin_config_for(&flows), executor.port()).concurrency(2));
+    let pid = envoy.pid();
+    let kinds = [
+        Kind::sync(),
+        Kind::async_demo(),
+        Kind::unauthorized(),
+        Kind::paused(),
+        Kind::other(),
+    ];
+    for kind in &kinds {
+        let headers: Vec<(&str, &str)> = kind.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let response = envoy.send(&kind.method, &kind.path, &headers, kind.body.as_bytes());
+        let text = response.text();
+        if let Err(why) = normal_answer(&kind.name, &Answer::of_response(&response, &text)) {
+            eprintln!("soak: before the load, {}: {why}", kind.name);
+            return ExitCode::FAILURE;
+        }
+    }
+    warm_executor_connections(&envoy, &executor, WARM_CONNECTIONS);
+    let load_at_start = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let vm_before = vm_failure_stats(&envoy.stats());
+    let uptime_before = server_info(envoy.admin_port()).map(|i| i.uptime_current_epoch_s);
+
+    println!(
+        "soak: {:.1} min of mixed traffic (wrk -t{} -c{}, kinds rotating: {}) through Envoy PID {pid} \
+         (2 workers), sampling every {} s",
+        args.minutes,
+        args.threads,
+        args.connections,
+        kinds.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", "),
+        args.sample.as_secs()
+    );
+    let started = Instant::now();
+    let sample = |at: Duration| {
+        let stats = envoy.stats();
+        Sample {
+            at,
+            rss_kib: proc_status_kib(pid, "VmRSS").unwrap_or(0),
+            hwm_kib: proc_status_kib(pid, "VmHWM").unwrap_or(0),
+            uptime_s: server_info(envoy.admin_port()).map(|i| i.uptime_current_epoch_s),
+            downstream_rq: stat_of(&stats, "http.flowgate.downstream_rq_total"),
+        }
+    };
+    let print_sample = |s: &Sample| {
+        println!(
+            "  {:>6.0} s  VmRSS {:>7.1} MiB  (VmHWM {:>7.1} MiB)  downstream requests {:>10}  uptime {}",
+            s.at.as_secs_f64(),
+            mib(s.rss_kib),
+            mib(s.hwm_kib),
+            s.downstream_rq,
+            s.uptime_s.map(|u| format!("{u} s")).unwrap_or_else(|| "?".into())
+        );
+    };
+    let mut samples = vec![sample(Duration::ZERO)];
+    print_sample(&samples[0]);
+
+    let mut wrk = Wrk::start(
+        envoy.port(),
+        &kinds,
+        &WrkOptions {
+            threads: args.threads,
+            connections: args.connections,
+            duration,
+            delay_ms: 0,
+            mix: Mix::Rotate,
+        },
+    );
+    let mut next = args.sample;
+    while wrk.running() {
+        if wrk.elapsed() >= next {
+            // The executor records every forwarded request in memory; keep it bounded.
+            executor.clear_requests();
+            let s = sample(started.elapsed());
+            print_sample(&s);
+            samples.push(s);
+            next += args.sample;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let summary = wrk.wait(Duration::from_secs(60));
+    let last = sample(started.elapsed());
+    print_sample(&last);
+    samples.push(last);
+
+    println!("wrk:\n{}", summary.report.trim_end());
+
+    // --- judge ---------------------------------------------------------------------------------
+    let mut lines: Vec<(String, u64, bool)> = vec![];
+    let mut unexpected = 0;
+    for signature in &summary.responses {
+        let answer = Answer::of_signature(signature);
+        let judged = kinds.iter().find_map(|k| normal_answer(&k.name, &answer).ok());
+        let bad = judged.is_none();
+        let label = judged.unwrap_or_else(|| {
+            unexpected += signature.count;
+            // Whose failure it is: the executor's (answered as the contract says), or flowgate's.
+            match executor_fault(&answer) {
+                Ok(label) => format!("UNEXPECTED executor failure, answered per contract: {label}"),
+                Err(_) if is_raw_envoy_reply(&signature.body) => format!(
+                    "UNEXPECTED raw Envoy reply {} {:?}: the executor failed; passing it through is right for \
+                     the non-webhook kind, a contract violation for a webhook (rotating kinds cannot tell)",
+                    signature.status, signature.body
+                ),
+                Err(why) => format!("UNEXPECTED, violates the contract: {why}"),
+            }
+        });
+        match lines.iter_mut().find(|(l, _, _)| *l == label) {
+            Some(line) => line.1 += signature.count,
+            None => lines.push((label, signature.count, bad)),
+        }
+    }
+    lines.sort_by_key(|line| std::cmp::Reverse(line.1));
+    unexpected += summary.distinct_overflow;
+    let no_answer = summary.errors.socket();
+
+    let vm_after = vm_failure_stats(&envoy.stats());
+    let vm_failures: u64 = vm_after
+        .iter()
+        .filter(|(k, _)| k.starts_with("wasm.flowgate.vm_reload"))
+        .map(|(_, v)| v)
+        .sum::<u64>()
+        + vm_after
+            .get("wasm.envoy.wasm.runtime.v8.created")
+            .zip(vm_before.get("wasm.envoy.wasm.runtime.v8.created"))
+            .map_or(0, |(a, b)| a.saturating_sub(*b));
+    let uptime_after = server_info(envoy.admin_port()).map(|i| i.uptime_current_epoch_s);
+    let mut uptime_monotonic = true;
+    let mut previous = uptime_before.unwrap_or(0);
+    for s in &samples {
+        match s.uptime_s {
+            Some(u) if u >= previous => previous = u,
+            _ => uptime_monotonic = false,
+        }
+    }
+    let restarted = !process_alive(pid) || envoy.pid() != pid || !uptime_monotonic;
+    let panics = envoy.log().matches("panicked").count();
+
+    // Memory: the first sample after the warm-up (the first interval) is the baseline.
+    let (start_rss, end_rss) = (samples[0].rss_kib, samples.last().map_or(0, |s| s.rss_kib));
+    let steady: Vec<&Sample> = samples.iter().skip(1).collect();
+    let baseline = steady.first().map_or(start_rss, |s| s.rss_kib);
+    let growth_kib = end_rss as i64 - baseline as i64;
+    let slope = slope_mib_per_min(&steady);
+    let flat = growth_kib <= (baseline as i64 / 20).max(4 * 1024);
+    let verdict = if flat { "flat" } else { "GROWING" };
+
+    let rate = summary.rate();
+    println!(
+        "soak: {} requests served in {:.1} s ({rate:.0}/s; wrk latency, corrected for coordinated omission: \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms)",
+        summary.requests,
+        summary.duration_us as f64 / 1e6,
+        summary.latency_us.p50 as f64 / 1000.0,
+        summary.latency_us.p99 as f64 / 1000.0,
+        summary.latency_us.max as f64 / 1000.0
+    );
+    for (label, count, bad) in &lines {
+        println!("  {}{label}: {count}", if *bad { "!! " } else { "" });
+    }
+    println!(
+        "soak: unexpected answers {unexpected} (goal 0), requests without an answer {no_answer} (goal 0), \
+         VM failures {vm_failures} (goal 0: {vm_after:?}), Envoy restarted: {}, filter panics in the log {panics}",
+        if restarted { "YES" } else { "no" }
+    );
+    println!(
+        "soak: Envoy VmRSS {:.1} MiB at start, {:.1} MiB after warm-up, {:.1} MiB at the end: {:+.1} MiB \
+         since warm-up, slope {slope:+.2} MiB/min -> {verdict}",
+        mib(start_rss),
+        mib(baseline),
+        mib(end_rss),
+        growth_kib as f64 / 1024.0
+    );
+
+    // --- report --------------------------------------------------------------------------------
+    let ok = unexpected == 0 && no_answer == 0 && vm_failures == 0 && !restarted && panics == 0;
+    let mut md = String::new();
+    let _ = writeln!(md, "# flowgate soak — {}\n", today());
+    let _ = writeln!(
+        md,
+        "`scripts/soak.sh {}`: {:.1} minutes of mixed traffic through Envoy 1.40 (`--concurrency 2`) with \
+         flowgate.wasm in front of the reference executor, wrk `-t{} -c{}` closed loop (the highest rate \
+         the machine sustains), every thread rotating the request kinds: {}. Flow `f-1003`'s run time is \
+         cut to 10 ms so the executor keeps up, and {WARM_CONNECTIONS} connections from Envoy to the executor \
+         are opened one at a time before the load (the executor's tiny_http 0.12 leaves some of a burst \
+         of new connections unserved; see `warm_executor_connections` in tests/src/bin/soak.rs). \
+         Temporary files, the executor's run store among them, in `{}`. \
+         Machine: {} CPUs, load average at start {}.\n",
+        args.minutes,
+        args.minutes,
+        args.threads,
+        args.connections,
+        kinds
+            .iter()
+            .map(|k| format!("`{}` ({} {})", k.name, k.method, k.path))
+            .collect::<Vec<_>>()
+            .join(", "),
+        std::env::temp_dir().display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_at_start.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    let _ = writeln!(md, "| | result | goal |\n|---|---:|---|");
+    let _ = writeln!(md, "| requests served | {} ({rate:.0}/s) | |", summary.requests);
+    let _ = writeln!(
+        md,
+        "| latency p50 / p99 / max (wrk, corrected for coordinated omission) | {:.2} / {:.2} / {:.1} ms | |",
+        summary.latency_us.p50 as f64 / 1000.0,
+        summary.latency_us.p99 as f64 / 1000.0,
+        summary.latency_us.max as f64 / 1000.0
+    );
+    let _ = writeln!(md, "| unexpected answers | {unexpected} | 0 |");
+    let _ = writeln!(md, "| requests without an answer (socket errors) | {no_answer} | 0 |");
+    let _ = writeln!(
+        md,
+        "| wasm VM failures (`wasm.flowgate.vm_reload*`, VMs created after start) | {vm_failures} | 0 |"
+    );
+    let _ = writeln!(
+        md,
+        "| Envoy restarted (PID {pid}, uptime {} s → {} s) | {} | no |",
+        uptime_before.map_or("?".into(), |u| u.to_string()),
+        uptime_after.map_or("?".into(), |u| u.to_string()),
+        if restarted { "yes" } else { "no" }
+    );
+    let _ = writeln!(
+        md,
+        "| Envoy VmRSS start → after warm-up → end | {:.1} → {:.1} → {:.1} MiB ({:+.1} MiB, {slope:+.2} MiB/min) | flat: **{verdict}** |",
+        mib(start_rss),
+        mib(baseline),
+        mib(end_rss),
+        growth_kib as f64 / 1024.0
+    );
+    let _ = writeln!(md, "| overall | **{}** | |\n", if ok { "pass" } else { "FAIL" });
+    let _ = writeln!(
+        md,
+        "## Envoy memory\n\nSampled every {} s (\"flat\": at most max(5 %, 4 MiB) above the first sample under load).\n",
+        args.sample.as_secs()
+    );
+    let _ = writeln!(
+        md,
+        "| time | VmRSS MiB | VmHWM MiB | downstream requests |\n|---:|---:|---:|---:|"
+    );
+    for s in &samples {
+        let _ = writeln!(
+            md,
+            "| {:.0} s | {:.1} | {:.1} | {} |",
+            s.at.as_secs_f64(),
+            mib(s.rss_kib),
+            mib(s.hwm_kib),
+            s.downstream_rq
+        );
+    }
+    let _ = writeln!(md, "\n## Answers\n\n| answer | count |\n|---|---:|");
+    for (label, count, bad) in &lines {
+        let label = label.replace('|', "\\|");
+        let _ = writeln!(md, "| {}{label} | {count} |", if *bad { "**unexpected** " } else { "" });
+    }
+    let _ = writeln!(md, "\nSent per kind: {:?}.", summary.sent);
+    if let Some(dir) = args.out.parent() {
+        if let Err(e) = fs::create_dir_all(dir) {
+            eprintln!("soak: create {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) = fs::write(&args.out, md) {
+        eprintln!("soak: write {}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    println!("soak: report written to {}", args.out.display());
+    println!("soak: {}", if ok { "PASS" } else { "FAIL" });
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn today_is_a_date_and_args_parse() {
+        let date = today();
+        assert_eq!(date.len(), 10);
+        assert!(date.starts_with("20"), "{date}");
+        let args = parse_args(["--minutes", "0.5", "--out", "/tmp/x.md"].iter().map(|s| s.to_string())).unwrap();
+        assert_eq!(
+            (args.minutes, args.out, args.threads),
+            (0.5, PathBuf::from("/tmp/x.md"), 2)
+        );
+        assert!(parse_args(["--minutes", "0"].iter().map(|s| s.to_string())).is_err());
+        assert!(parse_args(["--bogus", "1"].iter().map(|s| s.to_string())).is_err());
+    }
+
+    #[test]
+    fn memory_slope_is_mib_per_minute() {
+        let s = |secs: u64, mib: u64| Sample {
+            at: Duration::from_secs(secs),
+            rss_kib: mib * 1024,
+            hwm_kib: 0,
+            uptime_s: None,
+            downstream_rq: 0,
+        };
+        let samples = [s(0, 10), s(60, 11), s(120, 12)];
+        let refs: Vec<&Sample> = samples.iter().collect();
+        assert!((slope_mib_per_min(&refs) - 1.0).abs() < 1e-9);
+    }
+}
