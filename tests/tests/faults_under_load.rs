@@ -142,6 +142,7 @@ fn temp_files_on_tmpfs() {
 
 #[test]
 fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run() {
+    wrk_binary(); // fails here, saying how to install it, when wrk is missing
     temp_files_on_tmpfs();
     let flows = flow_file();
     let mut executor = Executor::start(&flows);

@@ -259,7 +259,8 @@ fn main() -> ExitCode {
     );
     let mut next = args.sample;
     while wrk.running() {
-        if wrk.elapsed() >= next {
+        // The sample due when wrk finishes is the final one below.
+        if wrk.elapsed() >= next && next + Duration::from_secs(2) < duration {
             // The executor records every forwarded request in memory; keep it bounded.
             executor.clear_requests();
             let s = sample(started.elapsed());
@@ -327,7 +328,7 @@ fn main() -> ExitCode {
     let restarted = !process_alive(pid) || envoy.pid() != pid || !uptime_monotonic;
     let panics = envoy.log().matches("panicked").count();
 
-    // Memory: the first sample after the warm-up (the first interval) is the baseline.
+    // Memory: the first sample under load (after one interval: buffers and pools have grown) is the baseline.
     let (start_rss, end_rss) = (samples[0].rss_kib, samples.last().map_or(0, |s| s.rss_kib));
     let steady: Vec<&Sample> = samples.iter().skip(1).collect();
     let baseline = steady.first().map_or(start_rss, |s| s.rss_kib);
@@ -355,8 +356,8 @@ fn main() -> ExitCode {
         if restarted { "YES" } else { "no" }
     );
     println!(
-        "soak: Envoy VmRSS {:.1} MiB at start, {:.1} MiB after warm-up, {:.1} MiB at the end: {:+.1} MiB \
-         since warm-up, slope {slope:+.2} MiB/min -> {verdict}",
+        "soak: Envoy VmRSS {:.1} MiB at start, {:.1} MiB at the first sample under load, {:.1} MiB at the \
+         end: {:+.1} MiB since that sample, slope {slope:+.2} MiB/min -> {verdict}",
         mib(start_rss),
         mib(baseline),
         mib(end_rss),
@@ -414,7 +415,7 @@ fn main() -> ExitCode {
     );
     let _ = writeln!(
         md,
-        "| Envoy VmRSS start → after warm-up → end | {:.1} → {:.1} → {:.1} MiB ({:+.1} MiB, {slope:+.2} MiB/min) | flat: **{verdict}** |",
+        "| Envoy VmRSS start → first sample under load → end | {:.1} → {:.1} → {:.1} MiB ({:+.1} MiB, slope {slope:+.2} MiB/min) | flat: **{verdict}** |",
         mib(start_rss),
         mib(baseline),
         mib(end_rss),
@@ -423,7 +424,8 @@ fn main() -> ExitCode {
     let _ = writeln!(md, "| overall | **{}** | |\n", if ok { "pass" } else { "FAIL" });
     let _ = writeln!(
         md,
-        "## Envoy memory\n\nSampled every {} s (\"flat\": at most max(5 %, 4 MiB) above the first sample under load).\n",
+        "## Envoy memory\n\nSampled every {} s (\"flat\": the end at most max(5 %, 4 MiB) above the first sample under load; \
+         the slope is a least-squares fit over the samples under load).\n",
         args.sample.as_secs()
     );
     let _ = writeln!(
