@@ -64,6 +64,8 @@ wait_for() {
 }
 wait_for executor http://127.0.0.1:8081/_executor/health '"ok"' "$work/executor.log" "${pids[0]}"
 wait_for Envoy http://127.0.0.1:9901/ready LIVE "$work/envoy.log" "${pids[1]}"
+wait_for "the flow directory" "http://127.0.0.1:9901/stats?filter=directory.flows_loaded" \
+  "flows_loaded: 5" "$work/envoy.log" "${pids[1]}"
 
 token() {
   .venv/bin/python -c 'import json,sys; print(json.load(open("examples/flows.json"))["_demo_tokens"][sys.argv[1]][0])' "$1"
@@ -98,6 +100,18 @@ demo "admitted async request (f-1003): answered as soon as the run is queued" \
   http://127.0.0.1:10000/v1/flow-webhook/f-1003 -H "Authorization: Bearer $t1003" -H 'content-type: application/json' -d '{"company_id":123456,"user_id":789123}'
 demo "what the executor received (no Authorization; x-flowgate-* headers added by the filter)" \
   http://127.0.0.1:8081/_executor/requests
+demo "pause f-1001 in the flow directory (the executor serves it; Envoy is not touched)" \
+  -X PUT http://127.0.0.1:8081/_executor/flows/f-1001 -d '{"status":"paused"}'
+sleep 1.5
+demo "within refresh_ms (1 s) every Envoy worker answers f-1001 as paused" \
+  http://127.0.0.1:10000/v1/flow-webhook/f-1001 -H "Authorization: Bearer $t1001" -H 'content-type: application/json' -d '{"company_id":123456}'
+demo "unpause it" \
+  -X PUT http://127.0.0.1:8081/_executor/flows/f-1001 -d '{"status":"live"}'
+sleep 1.5
+demo "and it runs again" \
+  http://127.0.0.1:10000/v1/flow-webhook/f-1001 -H "Authorization: Bearer $t1001" -H 'content-type: application/json' -d '{"company_id":123456}'
+demo "flowgate's counters in Envoy's stats" \
+  "http://127.0.0.1:9901/stats?filter=wasmcustom.flowgate"
 
 echo
 step "serving; Ctrl-C stops Envoy and the executor"

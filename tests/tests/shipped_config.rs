@@ -20,12 +20,17 @@ fn shipped_plugin_config() -> Value {
 }
 
 #[test]
-fn the_shipped_plugin_config_carries_the_demo_flows() {
+fn the_shipped_plugin_config_carries_the_demo_flows_and_the_live_directory() {
+    let mut shipped = shipped_plugin_config();
+    let directory = shipped.as_object_mut().and_then(|config| config.remove("directory"));
     assert_eq!(
-        shipped_plugin_config(),
+        shipped,
         plugin_config_for(&demo_flows()),
         "envoy/envoy.yaml's plugin flows must be the plugin-facing fields of examples/flows.json"
     );
+    let directory = directory.expect("the demo follows the executor's live flow directory");
+    assert_eq!(directory["cluster"], "flow_directory");
+    assert_eq!(directory["path"], "/v1/flows");
 }
 
 #[test]
