@@ -23,11 +23,11 @@ const USAGE: &str = "usage: flowgate-bench [--quick] [--seconds N] [--rounds N] 
                       [--only NAME,NAME] [--no-memory] [--profile] [--no-pin]
                       [--port-base N] [--out DIR]
   --quick          smoke test: --seconds 1 --rounds 1 --warmup 0 --no-memory
-  --seconds N      length of each measured wrk run (default 5)
-  --rounds N       rounds; each runs every listener once, in rotating order (default 3)
+  --seconds N      length of each measured wrk run (default 3)
+  --rounds N       rounds; each runs every listener once, in rotating order (default 5)
   --warmup N       unmeasured seconds per listener before a scenario (default 1)
   --connections N  wrk connections (default 16; one wrk thread)
-  --only LIST      scenarios to run: sync, async, reject-401, paused, 401-64k, pass, body-1k, body-64k,
+  --only LIST      scenarios to run: sync, async, reject-401, paused, 401-64k, 401-1m, pass, body-1k, body-64k,
                    body-1m, sync-10k, 401-10k, sync-100k, 401-100k (default all)
   --no-memory      skip the memory measurement (one Envoy per listener kind and flow count)
   --profile        also record `perf` (cpu-clock) of the worker during sync and reject-401
@@ -51,8 +51,8 @@ struct Options {
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
-        seconds: 5,
-        rounds: 3,
+        seconds: 3,
+        rounds: 5,
         warmup: 1,
         connections: 16,
         only: None,

@@ -85,6 +85,7 @@ pub fn scenarios() -> Vec<Scenario> {
         s("reject-401", "wrong bearer token", 10, SYNC, false, None, 401, Rejected),
         s("paused", "paused flow, valid token", 10, PAUSED, true, None, 200, Rejected),
         s("401-64k", "wrong token, 64 KiB body", 10, SYNC, false, Some(64 * 1024), 401, Rejected),
+        s("401-1m", "wrong token, 1 MiB body", 10, SYNC, false, Some(1024 * 1024), 401, Rejected),
         s("pass", "not a webhook path (filter passes)", 10, "/healthz/other", true, None, 200, Passed),
         s("body-1k", "sync, 1 KiB JSON body", 10, SYNC, true, Some(1024), 200, Admitted),
         s("body-64k", "sync, 64 KiB JSON body", 10, SYNC, true, Some(64 * 1024), 200, Admitted),

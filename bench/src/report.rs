@@ -160,7 +160,7 @@ fn goals(report: &Report) -> Vec<Goal> {
         goals.push(Goal {
             text: format!("p99 added latency < 100 µs at {} connections", report.connections),
             met: added < 100.0,
-            detail: format!("worst +{added:.0} µs ({name})"),
+            detail: format!("worst {added:+.0} µs ({name})"),
         });
     }
     let cost = |name: &str| {
@@ -370,7 +370,7 @@ pub fn svg(report: &Report, path: &Path) -> Result<(), String> {
         .iter()
         .flat_map(|m| Listener::ALL.map(|l| m.rps(l)))
         .fold(0.0, f64::max)
-        * 1.15;
+        * 1.3;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
@@ -388,6 +388,7 @@ pub fn svg(report: &Report, path: &Path) -> Result<(), String> {
         .configure_mesh()
         .disable_x_mesh()
         .disable_x_axis()
+        .max_light_lines(1)
         .y_desc("requests per second")
         .y_label_formatter(&|v| format!("{:.1}k", v / 1000.0))
         .draw()
