@@ -1,0 +1,566 @@
+//! Configuration parsing, from arbitrary bytes and from structured edits of a valid config.
+//!
+//! Every input is used twice: as raw bytes for `PluginConfig::parse`, and as a list of edits
+//! (fields set, removed or retyped; flows duplicated; template bodies built from Jinja pieces)
+//! applied to the valid fixture configuration before parsing.
+//!
+//! Invariants:
+//! - `PluginConfig::parse` never panics;
+//! - an error names where it is and what is wrong (both non-empty);
+//! - an accepted configuration holds only what validation promises: a canonical prefix,
+//!   flow ids that are one unreserved segment, identifiers as ref ids, upper-case methods,
+//!   body limits from 1 to 64 MiB, at least one token, real response statuses;
+//! - every accepted flow is reachable: `route(prefix, prefix + id)` is that flow;
+//! - every accepted response template renders (or fails as a 500/502 reply) without panicking;
+//! - as a live directory document, the same bytes index into ranges that are each one JSON
+//!   value, and `Loading` the index step by step gives the flows and problems that
+//!   `FlowsBuilder::lenient` gives at once; as an index blob, `Loading::new` never panics.
+#![no_main]
+
+use arbitrary::{Arbitrary, Unstructured};
+use flowgate::answer::answer;
+use std::rc::Rc;
+
+use flowgate::config::{Flows, FlowsBuilder, Mode, PluginConfig, DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_CEILING};
+use flowgate::directory::{self, Loading};
+use flowgate::route::{route, Route};
+use flowgate_fuzz::{fixture_json, Json, KnownKey};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{json, Value};
+
+#[derive(Arbitrary, Debug)]
+enum Edit<'a> {
+    Top {
+        field: TopField,
+        value: FieldValue<'a>,
+    },
+    RemoveTop(TopField),
+    Flow {
+        index: u8,
+        field: FlowField,
+        value: FieldValue<'a>,
+    },
+    RemoveFlowField {
+        index: u8,
+        field: FlowField,
+    },
+    Response {
+        index: u8,
+        field: ResponseField,
+        value: FieldValue<'a>,
+    },
+    Template {
+        index: u8,
+        pieces: Vec<TemplatePiece<'a>>,
+    },
+    Directory {
+        field: DirectoryField,
+        value: FieldValue<'a>,
+    },
+    DuplicateFlow(u8),
+    RemoveFlow(u8),
+    ReplaceFlow {
+        index: u8,
+        value: Json,
+    },
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum TopField {
+    Prefix,
+    MaxBodyBytes,
+    Flows,
+    Directory,
+    Unknown,
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum FlowField {
+    Id,
+    RefId,
+    Status,
+    TokenSha256,
+    Async,
+    Methods,
+    MaxBodyBytes,
+    Response,
+    Unknown,
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum ResponseField {
+    Status,
+    ContentType,
+    Body,
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum DirectoryField {
+    Cluster,
+    Authority,
+    Path,
+    RefreshMs,
+}
+
+/// Values that are near the valid ones as well as anything at all.
+#[derive(Arbitrary, Debug)]
+enum FieldValue<'a> {
+    Any(Json),
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Strings(Vec<&'a str>),
+    Digest(u8),
+    Status(&'a str),
+    Path(PathSpelling<'a>),
+}
+
+#[derive(Arbitrary, Debug)]
+struct PathSpelling<'a> {
+    segments: Vec<&'a str>,
+    trailing_slash: bool,
+}
+
+/// Jinja building blocks, so templates compile often enough to be rendered.
+#[derive(Arbitrary, Debug)]
+enum TemplatePiece<'a> {
+    Text(&'a str),
+    Expression(Vec<ExpressionPiece<'a>>),
+    If(Vec<ExpressionPiece<'a>>),
+    Else,
+    EndIf,
+    For(Vec<ExpressionPiece<'a>>),
+    EndFor,
+    Set(Vec<ExpressionPiece<'a>>),
+    Macro,
+    EndMacro,
+    Raw(&'a str),
+}
+
+#[derive(Arbitrary, Debug)]
+enum ExpressionPiece<'a> {
+    Name(KnownKey),
+    Attribute(KnownKey),
+    Index(i8),
+    Filter(Filter),
+    Operator(Operator),
+    Int(i32),
+    Str(&'a str),
+    Open,
+    Close,
+    Raw(&'a str),
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Filter {
+    Tojson,
+    Length,
+    Items,
+    Join,
+    Upper,
+    Default,
+    Replace,
+    Int,
+    Round,
+    Sort,
+    Unique,
+    Dictsort,
+    Batch,
+    Indent,
+    First,
+    Last,
+    Reverse,
+    Safe,
+    Escape,
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Operator {
+    Plus,
+    Minus,
+    Times,
+    Power,
+    Divide,
+    FloorDivide,
+    Modulo,
+    Concat,
+    Equals,
+    In,
+    Is,
+    Not,
+    And,
+    Range,
+    Comma,
+    Colon,
+}
+
+fn expression(pieces: &[ExpressionPiece<'_>]) -> String {
+    let mut out = String::new();
+    for piece in pieces {
+        match piece {
+            ExpressionPiece::Name(key) => out.push_str(match key {
+                KnownKey::Value | KnownKey::Res1 => "res1",
+                KnownKey::Web1 | KnownKey::CompanyId => "web1",
+                KnownKey::Run | KnownKey::RunId => "run",
+                KnownKey::MyResult => "loop",
+                KnownKey::A => "a",
+                KnownKey::B => "m()",
+                KnownKey::X => "x",
+                KnownKey::Y => "range(3)",
+            }),
+            ExpressionPiece::Attribute(key) => {
+                out.push('.');
+                out.push_str(key.as_str());
+            }
+            ExpressionPiece::Index(i) => out.push_str(&format!("[{i}]")),
+            ExpressionPiece::Filter(filter) => out.push_str(match filter {
+                Filter::Tojson => "|tojson",
+                Filter::Length => "|length",
+                Filter::Items => "|items",
+                Filter::Join => "|join(',')",
+                Filter::Upper => "|upper",
+                Filter::Default => "|default('d')",
+                Filter::Replace => "|replace('a', 'bb')",
+                Filter::Int => "|int",
+                Filter::Round => "|round(2)",
+                Filter::Sort => "|sort",
+                Filter::Unique => "|unique",
+                Filter::Dictsort => "|dictsort",
+                Filter::Batch => "|batch(2)",
+                Filter::Indent => "|indent(4)",
+                Filter::First => "|first",
+                Filter::Last => "|last",
+                Filter::Reverse => "|reverse",
+                Filter::Safe => "|safe",
+                Filter::Escape => "|escape",
+            }),
+            ExpressionPiece::Operator(op) => out.push_str(match op {
+                Operator::Plus => " + ",
+                Operator::Minus => " - ",
+                Operator::Times => " * ",
+                Operator::Power => " ** ",
+                Operator::Divide => " / ",
+                Operator::FloorDivide => " // ",
+                Operator::Modulo => " % ",
+                Operator::Concat => " ~ ",
+                Operator::Equals => " == ",
+                Operator::In => " in ",
+                Operator::Is => " is ",
+                Operator::Not => " not ",
+                Operator::And => " and ",
+                Operator::Range => "range",
+                Operator::Comma => ", ",
+                Operator::Colon => ": ",
+            }),
+            ExpressionPiece::Int(i) => out.push_str(&i.to_string()),
+            ExpressionPiece::Str(s) => out.push_str(&format!("{s:?}")),
+            ExpressionPiece::Open => out.push('('),
+            ExpressionPiece::Close => out.push(')'),
+            ExpressionPiece::Raw(s) => out.push_str(s),
+        }
+    }
+    out
+}
+
+fn template(pieces: &[TemplatePiece<'_>]) -> String {
+    let mut out = String::new();
+    for piece in pieces {
+        match piece {
+            TemplatePiece::Text(s) => out.push_str(s),
+            TemplatePiece::Expression(e) => out.push_str(&format!("{{{{ {} }}}}", expression(e))),
+            TemplatePiece::If(e) => out.push_str(&format!("{{% if {} %}}", expression(e))),
+            TemplatePiece::Else => out.push_str("{% else %}"),
+            TemplatePiece::EndIf => out.push_str("{% endif %}"),
+            TemplatePiece::For(e) => out.push_str(&format!("{{% for x in {} %}}", expression(e))),
+            TemplatePiece::EndFor => out.push_str("{% endfor %}"),
+            TemplatePiece::Set(e) => out.push_str(&format!("{{% set a = {} %}}", expression(e))),
+            TemplatePiece::Macro => out.push_str("{% macro m() %}"),
+            TemplatePiece::EndMacro => out.push_str("{% endmacro %}"),
+            TemplatePiece::Raw(s) => out.push_str(s),
+        }
+    }
+    out
+}
+
+fn value(field: FieldValue<'_>) -> Value {
+    match field {
+        FieldValue::Any(json) => json.to_value(),
+        FieldValue::Str(s) => json!(s),
+        FieldValue::Int(i) => json!(i),
+        FieldValue::Bool(b) => json!(b),
+        FieldValue::Strings(v) => json!(v),
+        FieldValue::Digest(seed) => json!([format!("{seed:02x}").repeat(32)]),
+        FieldValue::Status(s) => json!(s),
+        FieldValue::Path(p) => {
+            let mut path = format!("/{}", p.segments.join("/"));
+            if p.trailing_slash {
+                path.push('/');
+            }
+            json!(path)
+        }
+    }
+}
+
+fn flow_key(field: FlowField) -> &'static str {
+    match field {
+        FlowField::Id => "id",
+        FlowField::RefId => "ref_id",
+        FlowField::Status => "status",
+        FlowField::TokenSha256 => "token_sha256",
+        FlowField::Async => "async",
+        FlowField::Methods => "methods",
+        FlowField::MaxBodyBytes => "max_body_bytes",
+        FlowField::Response => "response",
+        FlowField::Unknown => "tokens",
+    }
+}
+
+fn top_key(field: TopField) -> &'static str {
+    match field {
+        TopField::Prefix => "webhook_path_prefix",
+        TopField::MaxBodyBytes => "max_body_bytes",
+        TopField::Flows => "flows",
+        TopField::Directory => "directory",
+        TopField::Unknown => "prefix",
+    }
+}
+
+/// The flow entry at `index` (modulo the flow count), if `flows` is still an array.
+fn flow_at(config: &mut Value, index: u8) -> Option<&mut Value> {
+    let flows = config.get_mut("flows")?.as_array_mut()?;
+    let len = flows.len();
+    if len == 0 {
+        return None;
+    }
+    flows.get_mut(usize::from(index) % len)
+}
+
+fn apply(config: &mut Value, edit: Edit<'_>) {
+    match edit {
+        Edit::Top { field, value: v } => config[top_key(field)] = value(v),
+        Edit::RemoveTop(field) => {
+            if let Some(object) = config.as_object_mut() {
+                object.remove(top_key(field));
+            }
+        }
+        Edit::Flow { index, field, value: v } => {
+            if let Some(flow) = flow_at(config, index).filter(|f| f.is_object()) {
+                flow[flow_key(field)] = value(v);
+            }
+        }
+        Edit::RemoveFlowField { index, field } => {
+            if let Some(flow) = flow_at(config, index).and_then(Value::as_object_mut) {
+                flow.remove(flow_key(field));
+            }
+        }
+        Edit::Response { index, field, value: v } => {
+            if let Some(flow) = flow_at(config, index).filter(|f| f.is_object()) {
+                if !flow["response"].is_object() {
+                    flow["response"] = json!({"status": 200, "body": "{}"});
+                }
+                let key = match field {
+                    ResponseField::Status => "status",
+                    ResponseField::ContentType => "content_type",
+                    ResponseField::Body => "body",
+                };
+                flow["response"][key] = value(v);
+            }
+        }
+        Edit::Template { index, pieces } => {
+            if let Some(flow) = flow_at(config, index).filter(|f| f.is_object()) {
+                let status = flow["response"]["status"].as_u64().unwrap_or(200);
+                flow["response"] = json!({"status": status, "body": template(&pieces)});
+            }
+        }
+        Edit::Directory { field, value: v } => {
+            if !config["directory"].is_object() {
+                config["directory"] = json!({"cluster": "flow_directory"});
+            }
+            let key = match field {
+                DirectoryField::Cluster => "cluster",
+                DirectoryField::Authority => "authority",
+                DirectoryField::Path => "path",
+                DirectoryField::RefreshMs => "refresh_ms",
+            };
+            config["directory"][key] = value(v);
+        }
+        Edit::DuplicateFlow(index) => {
+            if let Some(copy) = flow_at(config, index).map(|f| f.clone()) {
+                if let Some(flows) = config["flows"].as_array_mut() {
+                    flows.push(copy);
+                }
+            }
+        }
+        Edit::RemoveFlow(index) => {
+            if let Some(flows) = config.get_mut("flows").and_then(Value::as_array_mut) {
+                if !flows.is_empty() {
+                    let at = usize::from(index) % flows.len();
+                    flows.remove(at);
+                }
+            }
+        }
+        Edit::ReplaceFlow { index, value: v } => {
+            if let Some(flow) = flow_at(config, index) {
+                *flow = v.to_value();
+            }
+        }
+    }
+}
+
+fn is_canonical_prefix(prefix: &str) -> bool {
+    prefix.len() > 1
+        && prefix.starts_with('/')
+        && prefix.ends_with('/')
+        && !prefix.contains(['%', '\\', ';', '?', '#'])
+        && !prefix.contains("//")
+        && !prefix.split('/').any(|s| s == "." || s == "..")
+}
+
+/// An executor output that the fixture's templates (and many built ones) look into.
+const OUTPUT: &[u8] = br#"{"res1": {"value": "myResult", "a": 1, "b": [1, 2]}, "run_id": "r-1", "x": null}"#;
+
+fn check(json: &[u8]) {
+    let config = match PluginConfig::parse(json) {
+        Ok(config) => config,
+        Err(e) => {
+            assert!(!e.at.is_empty() && !e.problem.is_empty(), "vague error {e:?}");
+            return;
+        }
+    };
+    let prefix = config.webhook_path_prefix.as_str();
+    assert!(is_canonical_prefix(prefix), "accepted prefix {prefix:?}");
+    assert!((1..=MAX_BODY_BYTES_CEILING).contains(&config.max_body_bytes));
+    if let Some(directory) = &config.directory {
+        assert!(!directory.cluster.is_empty() && directory.path.starts_with('/'));
+        assert!((100..=3_600_000).contains(&directory.refresh_ms));
+    }
+    let entries = serde_json::from_slice::<Value>(json)
+        .ok()
+        .and_then(|v| v.get("flows").and_then(Value::as_array).map(Vec::len))
+        .unwrap_or(0);
+    assert_eq!(config.flows.len(), entries, "flows accepted but not all kept");
+    let ids: Vec<String> = serde_json::from_slice::<Value>(json)
+        .ok()
+        .and_then(|v| {
+            v.get("flows")?
+                .as_array()?
+                .iter()
+                .map(|f| f.get("id")?.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in &ids {
+        let Some(flow) = config.flows.get(id) else {
+            panic!("flow {id:?} accepted but missing");
+        };
+        assert!(
+            (1..=128).contains(&flow.id.len())
+                && flow.id != "."
+                && flow.id != ".."
+                && flow
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
+            "accepted flow id {:?}",
+            flow.id
+        );
+        assert!(
+            flow.ref_id.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && flow.ref_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "accepted ref_id {:?}",
+            flow.ref_id
+        );
+        assert!(!(flow.mode == Mode::Async && flow.ref_id == "run"));
+        assert!(!flow.tokens.is_empty());
+        assert!(!flow.methods.is_empty());
+        for method in &flow.methods {
+            assert!(
+                !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()),
+                "method {method:?}"
+            );
+        }
+        assert_eq!(flow.allow, flow.methods.join(", "));
+        assert!((1..=MAX_BODY_BYTES_CEILING).contains(&flow.max_body_bytes));
+        let path = format!("{prefix}{}", flow.id);
+        assert_eq!(
+            route(prefix, &path),
+            Route::Webhook { flow_id: &flow.id },
+            "flow {:?} is unreachable at {path:?}",
+            flow.id
+        );
+        if let Some(response) = &flow.response {
+            assert!((100..=599).contains(&response.status));
+            assert!(!response.content_type.is_empty());
+            let request = minijinja::Value::from_serialize(json!({"company_id": 123456, "value": "x"}));
+            match answer(flow, 200, request, OUTPUT) {
+                Ok(reply) => assert_eq!(reply.status, response.status),
+                Err(reply) => assert!(matches!(reply.status(), 500 | 502), "{reply:?}"),
+            }
+        }
+    }
+}
+
+/// Loads an indexed directory blob to the end; `None` if `Loading::new` refuses it.
+fn load(blob: Vec<u8>, builder: &FlowsBuilder) -> Option<(Flows, Vec<flowgate::config::ConfigError>)> {
+    let mut loading = Loading::new(blob, Rc::new(Flows::default()))?;
+    loop {
+        if let Some(done) = loading.step(builder) {
+            return Some(done);
+        }
+    }
+}
+
+/// A live directory document: its entries are JSON values inside it, its index is read
+/// back whole, and loading it step by step gives what the same entries give at once.
+/// The bytes are also tried as an index blob themselves (another VM's, in shared data).
+fn check_directory(document: &[u8]) {
+    let builder = FlowsBuilder::new(DEFAULT_MAX_BODY_BYTES);
+    let _ = load(document.to_vec(), &builder);
+    let Ok(ranges) = directory::entries(document) else {
+        return;
+    };
+    let values: Vec<Value> = ranges
+        .iter()
+        .map(|range| {
+            let text = document
+                .get(range.clone())
+                .unwrap_or_else(|| panic!("entry range {range:?} outside a {}-byte document", document.len()));
+            assert!(
+                serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok(),
+                "entry {range:?} is not one JSON value: {:?}",
+                String::from_utf8_lossy(text)
+            );
+            serde_json::from_slice(text).unwrap_or(Value::Null)
+        })
+        .collect();
+    let Ok(blob) = directory::index(document) else {
+        return;
+    };
+    let Some((flows, problems)) = load(blob, &builder) else {
+        panic!("an index of {} entries was not readable", ranges.len());
+    };
+    let (expected, expected_problems) = builder.lenient(&values, &Flows::default());
+    assert_eq!(flows.len(), expected.len());
+    assert_eq!(problems, expected_problems);
+    for id in values.iter().filter_map(|v| v.get("id")?.as_str()) {
+        assert_eq!(flows.get(id).is_some(), expected.get(id).is_some(), "flow {id:?}");
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    check(data);
+    check_directory(data);
+    let mut edits = Unstructured::new(data);
+    let mut config = fixture_json("/v1/flow-webhook/");
+    config["directory"] = json!({"cluster": "flow_directory", "refresh_ms": 2000});
+    for _ in 0..64 {
+        let Ok(edit) = Edit::arbitrary(&mut edits) else { break };
+        apply(&mut config, edit);
+        if edits.is_empty() {
+            break;
+        }
+    }
+    let edited = serde_json::to_vec(&config).unwrap_or_default();
+    check(&edited);
+    check_directory(&edited);
+});
