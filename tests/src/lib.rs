@@ -557,16 +557,23 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
 
 /// A running Envoy with the filter. Killed on drop.
 pub struct Envoy {
-    child: Option<Child>,
+    launch: Launch,
     port: u16,
     admin_port: u16,
-    dir: TempDir,
 }
 
 /// An Envoy that was given its configuration but has not (yet) become ready.
+/// Killed on drop, so an Envoy that fails to start does not outlive its test.
 struct Launch {
     child: Child,
     dir: TempDir,
+}
+
+impl Drop for Launch {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
 }
 
 impl Launch {
@@ -645,10 +652,9 @@ impl Envoy {
             sleep(Duration::from_millis(25));
         };
         Envoy {
-            child: Some(launch.child),
+            launch,
             port,
             admin_port,
-            dir: launch.dir,
         }
     }
 
@@ -699,12 +705,12 @@ impl Envoy {
 
     /// The process id (to check that Envoy was never restarted, or to read its `/proc` entry).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("Envoy is running")
+        self.launch.child.id()
     }
 
     /// Envoy's log so far (warn and above, including the filter's own warnings and errors).
     pub fn log(&self) -> String {
-        read_log(&self.dir.path().join("envoy.log"))
+        self.launch.log()
     }
 
     /// The admin `/stats` text.
@@ -726,12 +732,6 @@ impl Envoy {
     /// Sends a raw HTTP/1.1 request to the listener (see [`send`]).
     pub fn send(&self, method: &str, raw_path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
         send(self.port, method, raw_path, headers, body)
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        kill_child(&mut self.child);
     }
 }
 
