@@ -66,8 +66,11 @@ if [ "$smoke" = 1 ]; then
   cargo +nightly test --quiet --lib
 fi
 
-echo "==> cargo +nightly fuzz build (${targets[*]})"
-cargo +nightly fuzz build "${targets[@]}"
+# One target builds alone; several build together (they share every dependency).
+build_args=()
+[ ${#targets[@]} -eq 1 ] && build_args=("${targets[0]}")
+echo "==> cargo +nightly fuzz build ${build_args[*]:-(every target)}"
+cargo +nightly fuzz build "${build_args[@]}"
 
 # run_target NAME: fuzzes NAME for $seconds; leaves its log in $logs/NAME.log.
 logs="$(mktemp -d "${TMPDIR:-/tmp}/flowgate-fuzz.XXXXXX")"
