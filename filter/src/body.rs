@@ -29,7 +29,14 @@ fn media_type(content_type: &[u8]) -> &[u8] {
 /// Checks that a body is one JSON value without building it; the error says where
 /// parsing failed.
 pub fn check_json(body: &[u8]) -> Result<(), String> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+    // JSON text is UTF-8 (RFC 8259 section 8.1); skipping over a string does not check it.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        let valid = body.get(..e.valid_up_to()).unwrap_or_default();
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = valid.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+        format!("invalid UTF-8 at line {line} column {column}")
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map(drop)
         .map_err(|e| e.to_string())
 }
@@ -94,6 +101,10 @@ mod tests {
         assert!(parse_json(b"{\"a\": 1,}").unwrap_err().ends_with("at line 1 column 9"));
         assert!(check_json(b"").unwrap_err().contains("line 1 column 0"));
         assert!(check_json(b" {\"company_id\": 123456} ").is_ok());
+        assert_eq!(
+            check_json(b"{\n\"a\": \"\xff\"}").unwrap_err(),
+            "invalid UTF-8 at line 2 column 7"
+        );
     }
 
     #[test]

@@ -44,31 +44,24 @@ pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
 }
 
 /// The ways of reading a path that `normalise` can take: whether `\` separates
-/// segments, whether `;params` are cut from them. Executors differ in both, and
-/// either way can be the one that keeps a path under the prefix.
-const READINGS: [Reading; 4] = [
-    Reading {
-        backslash: true,
-        cut_params: true,
-    },
-    Reading {
-        backslash: true,
-        cut_params: false,
-    },
-    Reading {
-        backslash: false,
-        cut_params: true,
-    },
-    Reading {
-        backslash: false,
-        cut_params: false,
-    },
-];
+/// segments, whether `;params` are cut from them, whether dot segments are resolved.
+/// Executors differ in all three, and any reading can be the one that keeps a path
+/// under the prefix, so every combination is tried.
+fn readings() -> impl Iterator<Item = Reading> {
+    (0..8u8).map(|bits| Reading {
+        backslash: bits & 1 != 0,
+        cut_params: bits & 2 != 0,
+        resolve_dots: bits & 4 != 0,
+    })
+}
 
 #[derive(Clone, Copy)]
 struct Reading {
     backslash: bool,
     cut_params: bool,
+    /// Whether `.` and `..` segments are resolved; an executor that routes on the path
+    /// as it is keeps them, so `<prefix>f-1/../../x` is under the prefix to it.
+    resolve_dots: bool,
 }
 
 /// Whether `path`, decoded round by round and then fully (at each stage as it is,
@@ -77,9 +70,7 @@ fn reaches(prefix: &str, path: &[u8]) -> bool {
     let reaches_prefix = |bytes: &[u8]| {
         let separators_decoded = replace_encoded_separators(bytes);
         let found = [bytes, separators_decoded.as_slice()].into_iter().any(|spelling| {
-            READINGS
-                .into_iter()
-                .any(|reading| starts_with_ignore_case_bytes(&normalise(spelling, reading), prefix.as_bytes()))
+            readings().any(|reading| starts_with_ignore_case_bytes(&normalise(spelling, reading), prefix.as_bytes()))
         });
         found
     };
@@ -141,10 +132,12 @@ fn normalise(path: &[u8], reading: Reading) -> Vec<u8> {
             true => raw.split(|&b| b == b';').next().unwrap_or_default(),
             false => raw,
         };
-        trailing = matches!(segment, b"" | b"." | b"..");
+        let dot = reading.resolve_dots && matches!(segment, b"." | b"..");
+        trailing = segment.is_empty() || dot;
         match segment {
-            b"" | b"." => {}
-            b".." => {
+            b"" => {}
+            b"." if dot => {}
+            b".." if dot => {
                 segments.pop();
             }
             other => segments.push(other),
@@ -388,6 +381,21 @@ mod tests {
         assert_eq!(route(PREFIX, "V1/flow-webhook/"), Route::NonCanonical);
         assert_eq!(route(PREFIX, "healthz"), Route::Outside);
         assert_eq!(route(PREFIX, "*"), Route::Outside);
+    }
+
+    /// Found by tests/hostile.rs: literal dot segments after the prefix were resolved
+    /// before matching, so a path spelled under the prefix passed as a non-webhook.
+    #[test]
+    fn dot_segments_leading_out_of_the_prefix_are_refused() {
+        for path in [
+            "/v1/flow-webhook/f-1001/../../healthz",
+            "/v1/flow-webhook/..",
+            "/v1/flow-webhook/../",
+            "//v1/flow-webhook/f-1001/../..",
+        ] {
+            assert_eq!(route(PREFIX, path), Route::NonCanonical, "{path}");
+        }
+        assert_eq!(route(PREFIX, "/x/../healthz"), Route::Outside);
     }
 
     #[test]
