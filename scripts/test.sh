@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run): lints, unit tests on the host and on wasm32,
-# release builds, `envoy --mode validate` of every shipped config, then the end-to-end tests
+# release builds, `envoy --mode validate` of every shipped config, a fuzz smoke run, then the end-to-end tests
 # (real Envoy + flowgate.wasm + the reference executor). Stops at the first failing step.
 set -euo pipefail
 
@@ -51,6 +51,9 @@ for config in "${configs[@]}"; do
     exit 1
   fi
 done
+
+step "fuzz smoke: scripts/fuzz.sh --smoke (every target ~10 s; longer runs: scripts/fuzz.sh)"
+scripts/fuzz.sh --smoke
 
 step "end-to-end tests: cargo test -p flowgate-e2e -- --test-threads 2"
 cargo test -p flowgate-e2e -- --test-threads 2
