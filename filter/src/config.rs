@@ -19,6 +19,18 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const MAX_BODY_BYTES_CEILING: u64 = 64 * 1024 * 1024;
 const MAX_FLOW_ID_LEN: usize = 128;
 
+/// Every field a flow may have (CONTRACT section 2); any other is refused.
+pub const FLOW_FIELDS: [&str; 8] = [
+    "id",
+    "ref_id",
+    "status",
+    "token_sha256",
+    "async",
+    "methods",
+    "max_body_bytes",
+    "response",
+];
+
 /// A configuration problem: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -231,16 +243,7 @@ impl FlowsBuilder {
     fn flow(&self, index: usize, entry: &Value, templates: &Rc<render::Templates>) -> Result<Flow, ConfigError> {
         let provisional = entry.get("id").and_then(Value::as_str).unwrap_or("?");
         let fields = Fields::of(entry, flow_at(index, provisional))?;
-        fields.deny_unknown(&[
-            "id",
-            "ref_id",
-            "status",
-            "token_sha256",
-            "async",
-            "methods",
-            "max_body_bytes",
-            "response",
-        ])?;
+        fields.deny_unknown(&FLOW_FIELDS)?;
         let id: String = fields.required("id")?;
         if !is_flow_id(&id) {
             return Err(fields.error(

@@ -153,18 +153,6 @@ pub fn sha256_hex(token: &str) -> String {
         .collect()
 }
 
-/// The fields of a flow that the filter reads (CONTRACT section 2); the rest is executor-only.
-pub const PLUGIN_FLOW_FIELDS: [&str; 8] = [
-    "id",
-    "ref_id",
-    "status",
-    "token_sha256",
-    "async",
-    "methods",
-    "max_body_bytes",
-    "response",
-];
-
 /// The plugin configuration for an executor flow file: its flows' plugin-facing fields, under the
 /// default prefix and the default global body limit.
 pub fn plugin_config_for(flow_file: &Value) -> Value {
@@ -173,7 +161,7 @@ pub fn plugin_config_for(flow_file: &Value) -> Value {
         .expect("flow file has a `flows` array")
         .iter()
         .map(|flow| {
-            let fields = PLUGIN_FLOW_FIELDS
+            let fields = flowgate::config::FLOW_FIELDS
                 .iter()
                 .filter_map(|&k| flow.get(k).map(|v| (k.to_string(), v.clone())))
                 .collect();
