@@ -37,7 +37,7 @@ pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
     // A suspicious spelling: normalise it the ways a lenient executor might, with
     // `;params` cut from the raw segments first (as servlet containers do) or not.
     let raw = path.as_bytes();
-    if reaches(prefix, raw) || reaches(prefix, &without_params(raw)) {
+    if reaches(prefix, raw) || (raw.contains(&b';') && reaches(prefix, &without_params(raw))) {
         return Route::NonCanonical;
     }
     Route::Outside
@@ -47,12 +47,19 @@ pub fn route<'p>(prefix: &str, raw_path: &'p str) -> Route<'p> {
 /// segments, whether `;params` are cut from them, whether dot segments are resolved.
 /// Executors differ in all three, and any reading can be the one that keeps a path
 /// under the prefix, so every combination is tried.
-fn readings() -> impl Iterator<Item = Reading> {
-    (0..8u8).map(|bits| Reading {
-        backslash: bits & 1 != 0,
-        cut_params: bits & 2 != 0,
-        resolve_dots: bits & 4 != 0,
-    })
+///
+/// Only readings that can differ for `path` are given: without a `\` in it, both
+/// ways of reading `\` are the same, and so are both ways of reading `;` without one.
+fn readings(path: &[u8]) -> impl Iterator<Item = Reading> {
+    let backslash = path.contains(&b'\\');
+    let params = path.contains(&b';');
+    (0..8u8)
+        .map(|bits| Reading {
+            backslash: bits & 1 != 0,
+            cut_params: bits & 2 != 0,
+            resolve_dots: bits & 4 != 0,
+        })
+        .filter(move |reading| (backslash || reading.backslash) && (params || !reading.cut_params))
 }
 
 #[derive(Clone, Copy)]
@@ -69,10 +76,13 @@ struct Reading {
 fn reaches(prefix: &str, path: &[u8]) -> bool {
     let reaches_prefix = |bytes: &[u8]| {
         let separators_decoded = replace_encoded_separators(bytes);
-        let found = [bytes, separators_decoded.as_slice()].into_iter().any(|spelling| {
-            readings().any(|reading| starts_with_ignore_case_bytes(&normalise(spelling, reading), prefix.as_bytes()))
-        });
-        found
+        // Only when there was an encoded separator is it a different spelling.
+        let decoded_differs = separators_decoded.len() != bytes.len();
+        let mut spellings = std::iter::once(bytes).chain(decoded_differs.then_some(separators_decoded.as_slice()));
+        spellings.any(|spelling| {
+            readings(spelling)
+                .any(|reading| starts_with_ignore_case_bytes(&normalise(spelling, reading), prefix.as_bytes()))
+        })
     };
     let mut bytes = path.to_vec();
     for _ in 0..DECODE_ROUNDS {
