@@ -295,12 +295,23 @@ impl Bench<'_> {
     }
 
     fn load(&self, envoy: &Envoy, scenario: &Scenario, listener: Listener, seconds: u32) -> Result<wrk::Run, String> {
+        self.load_with(envoy, scenario, listener, seconds, self.o.connections)
+    }
+
+    fn load_with(
+        &self,
+        envoy: &Envoy,
+        scenario: &Scenario,
+        listener: Listener,
+        seconds: u32,
+        connections: u32,
+    ) -> Result<wrk::Run, String> {
         let body_file = self.body_file(scenario)?;
         let token = self.token(scenario);
         wrk::run(&wrk::Load {
             url: format!("http://127.0.0.1:{}{}", envoy.ports.listener(listener), scenario.path),
             seconds,
-            connections: self.o.connections,
+            connections,
             script: &self.wrk_script,
             token: &token,
             body_file: &body_file,
@@ -380,11 +391,17 @@ impl Bench<'_> {
                 runs[listener.index()].push(run);
             }
         }
+        // One connection: no queueing in Envoy, so latency is the per-request service time.
+        let mut single: [wrk::Run; 3] = Default::default();
+        for listener in Listener::ALL {
+            single[listener.index()] = self.load_with(envoy, scenario, listener, self.o.seconds, 1)?;
+        }
         Ok(Measured {
             scenario: scenario.clone(),
             runs,
             new_connections,
             probe,
+            single,
         })
     }
 

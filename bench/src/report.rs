@@ -17,6 +17,8 @@ pub struct Measured {
     pub new_connections: [Vec<f64>; 3],
     /// The probe's answer: status and whether Envoy said `connection: close`.
     pub probe: [(u16, bool); 3],
+    /// One run per listener with a single connection (latency without queueing).
+    pub single: [Run; 3],
 }
 
 pub struct Memory {
@@ -90,6 +92,10 @@ impl Measured {
     pub fn added_p99_us(&self, l: Listener) -> f64 {
         let (a, b) = (&self.runs[l.index()], &self.runs[Listener::Plain.index()]);
         median(a.iter().zip(b).map(|(x, y)| x.p99_us - y.p99_us).collect())
+    }
+    /// flowgate's p99 minus plain's, one connection.
+    fn single_added_p99_us(&self) -> f64 {
+        self.single[Listener::Flowgate.index()].p99_us - self.single[Listener::Plain.index()].p99_us
     }
     fn connections(&self, l: Listener) -> f64 {
         median(self.new_connections[l.index()].clone())
@@ -176,6 +182,18 @@ fn goals(report: &Report) -> Vec<Goal> {
             text: "per-request cost flat from 10 to 100,000 flows".into(),
             met: (large / small - 1.0).abs() < 0.05,
             detail: format!("sync {small:.2}x plain at 10 flows, {large:.2}x at 100,000"),
+        });
+    }
+    if let Some((added, name)) = report
+        .measured
+        .iter()
+        .map(|m| (m.single_added_p99_us(), m.scenario.name))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+    {
+        goals.push(Goal {
+            text: "(for reference) p99 added latency < 100 µs at 1 connection, no queueing".into(),
+            met: added < 100.0,
+            detail: format!("worst {added:+.0} µs ({name})"),
         });
     }
     goals.push(Goal {
@@ -275,6 +293,31 @@ pub fn markdown(report: &Report) -> String {
         .collect();
     if !errors.is_empty() {
         let _ = writeln!(md, "\nwrk socket errors (all rounds): {}", errors.join(", "));
+    }
+
+    md.push_str(
+        "\n## Latency without queueing (wrk -c1, one run per listener)\n\n\
+         At 16 connections a saturated worker queues requests, so p50/p99 above mostly mirror req/s. \
+         With one connection each request is served alone: the difference is the filter's own latency.\n\n\
+         | scenario | plain p50 / p99 µs | lua p50 / p99 µs | flowgate p50 / p99 µs | flowgate − plain p50 / p99 µs |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    for m in &report.measured {
+        let cell = |l: Listener| {
+            let run = &m.single[l.index()];
+            format!("{:.0} / {:.0}", run.p50_us, run.p99_us)
+        };
+        let (f, p) = (&m.single[Flowgate.index()], &m.single[Plain.index()]);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:+.0} / {:+.0} |",
+            m.scenario.name,
+            cell(Plain),
+            cell(Lua),
+            cell(Flowgate),
+            f.p50_us - p.p50_us,
+            f.p99_us - p.p99_us
+        );
     }
 
     md.push_str("\n## Probe answers (one request per scenario and listener, before the load)\n\n");
@@ -455,6 +498,7 @@ mod tests {
             runs,
             new_connections: [vec![0.0], vec![0.0], vec![1000.0]],
             probe: [(200, false); 3],
+            single: [run(5000.0, 100.0), run(4000.0, 150.0), run(4500.0, 130.0)],
         }
     }
 
