@@ -20,12 +20,22 @@ pub struct ExecutorHead {
 }
 
 impl ExecutorHead {
-    /// Reads Envoy's `response.code_details` property.
-    pub fn new(status: u16, code_details: &[u8]) -> Self {
+    /// Judges the router's answer; `code_details` reads Envoy's `response.code_details`
+    /// property and is only called for non-2xx statuses: the router makes error replies
+    /// itself, never a 2xx, so a 2xx is always the executor's.
+    pub fn new(status: u16, code_details: impl FnOnce() -> Vec<u8>) -> Self {
+        if (200..300).contains(&status) {
+            return ExecutorHead {
+                status,
+                via_upstream: true,
+                timed_out: false,
+            };
+        }
+        let details = code_details();
         ExecutorHead {
             status,
-            via_upstream: code_details == b"via_upstream",
-            timed_out: code_details.windows(16).any(|w| w == b"response_timeout"),
+            via_upstream: details == b"via_upstream",
+            timed_out: details.windows(16).any(|w| w == b"response_timeout"),
         }
     }
 }
@@ -154,26 +164,31 @@ mod tests {
     }
 
     fn via_upstream(status: u16) -> ExecutorHead {
-        ExecutorHead::new(status, b"via_upstream")
+        ExecutorHead::new(status, || b"via_upstream".to_vec())
     }
 
     #[test]
     fn envoy_router_replies_become_executor_faults() {
         let config = flows();
         let flow = config.flows.get("plain").unwrap();
-        let refused = ExecutorHead::new(
-            503,
-            b"upstream_reset_before_response_started{remote_connection_failure}",
-        );
+        let refused = ExecutorHead::new(503, || {
+            b"upstream_reset_before_response_started{remote_connection_failure}".to_vec()
+        });
         assert_eq!(plan(flow, refused), ResponsePlan::Reply(EdgeReply::ExecutorUnavailable));
         assert_eq!(
-            plan(flow, ExecutorHead::new(504, b"response_timeout")),
+            plan(flow, ExecutorHead::new(504, || b"response_timeout".to_vec())),
             ResponsePlan::Reply(EdgeReply::ExecutorTimeout)
         );
         assert_eq!(
-            plan(flow, ExecutorHead::new(503, b"no_healthy_upstream")),
+            plan(flow, ExecutorHead::new(503, || b"no_healthy_upstream".to_vec())),
             ResponsePlan::Reply(EdgeReply::ExecutorUnavailable)
         );
+    }
+
+    #[test]
+    fn a_2xx_is_the_executors_without_a_property_lookup() {
+        let head = ExecutorHead::new(200, || unreachable!("no lookup for a 2xx"));
+        assert!(head.via_upstream);
     }
 
     #[test]

@@ -201,8 +201,8 @@ impl HttpContext for Stream {
         let status = abi::header(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
             .unwrap_or(0);
-        let details = abi::property(vec!["response", "code_details"]);
-        match answer::plan(&admission.flow, ExecutorHead::new(status, &details)) {
+        let head = ExecutorHead::new(status, || abi::property(vec!["response", "code_details"]));
+        match answer::plan(&admission.flow, head) {
             ResponsePlan::PassThrough => Action::Continue,
             ResponsePlan::Reply(fault) => self.refuse(fault, &admission.flow.id),
             ResponsePlan::ReadBody => {
