@@ -2,11 +2,13 @@
 # Runs flowgate's fuzz targets (fuzz/, cargo-fuzz on the nightly toolchain), each for a
 # chosen time, and prints executions and crashes per target. Exits non-zero on a crash.
 #
-#   scripts/fuzz.sh                   every target, 60 s each
+#   scripts/fuzz.sh                   every target (but template, below), 60 s each
 #   scripts/fuzz.sh 300 decide auth   the named targets, 300 s each
 #   scripts/fuzz.sh --smoke           every target ~10 s, after the harness's own unit tests
 #                                     (what scripts/test.sh runs)
 #   scripts/fuzz.sh --list            the targets
+#   scripts/fuzz.sh 60 template       the target for hostile templates, known to fail until
+#                                     rendering is bounded (fuzz/README.md); only run by name
 #
 # Installs what it needs when missing: the nightly toolchain (rustup) and cargo-fuzz (pinned,
 # into .tools/bin; about 90 s). A crash leaves its input in fuzz/artifacts/<target>/ and the
@@ -22,6 +24,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 cargo_fuzz_version="0.13.2"
 targets_all=(config decide auth render wire)
+# Known to fail (fuzz/README.md, "Known gaps"): not in the default or smoke runs.
+targets_known_failing=(template)
 
 seconds=60
 smoke=0
@@ -29,13 +33,16 @@ targets=()
 for arg in "$@"; do
   case "$arg" in
     --smoke) smoke=1; seconds=10 ;;
-    --list) printf '%s\n' "${targets_all[@]}"; exit 0 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --list)
+      printf '%s\n' "${targets_all[@]}"
+      printf '%s (known to fail; run by name)\n' "${targets_known_failing[@]}"
+      exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     ''|*[!0-9]*)
-      if [[ " ${targets_all[*]} " == *" $arg "* ]]; then
+      if [[ " ${targets_all[*]} ${targets_known_failing[*]} " == *" $arg "* ]]; then
         targets+=("$arg")
       else
-        echo "fuzz.sh: unknown target or argument: $arg (targets: ${targets_all[*]})" >&2
+        echo "fuzz.sh: unknown target or argument: $arg (targets: ${targets_all[*]} ${targets_known_failing[*]})" >&2
         exit 2
       fi ;;
     *) seconds="$arg" ;;
@@ -67,10 +74,13 @@ if [ "$smoke" = 1 ]; then
 fi
 
 # One target builds alone; several build together (they share every dependency).
-build_args=()
-[ ${#targets[@]} -eq 1 ] && build_args=("${targets[0]}")
-echo "==> cargo +nightly fuzz build ${build_args[*]:-(every target)}"
-cargo +nightly fuzz build "${build_args[@]}"
+if [ ${#targets[@]} -eq 1 ]; then
+  echo "==> cargo +nightly fuzz build ${targets[0]}"
+  cargo +nightly fuzz build "${targets[0]}"
+else
+  echo "==> cargo +nightly fuzz build (every target)"
+  cargo +nightly fuzz build
+fi
 
 # run_target NAME: fuzzes NAME for $seconds; leaves its log in $logs/NAME.log.
 logs="$(mktemp -d "${TMPDIR:-/tmp}/flowgate-fuzz.XXXXXX")"
@@ -80,6 +90,8 @@ run_target() {
   mkdir -p "corpus/$target"
   [ -d "seeds/$target" ] && dirs+=("seeds/$target")
   [ -f "dicts/$target.dict" ] && flags+=("-dict=dicts/$target.dict")
+  # A render that needs 256 MB is unbounded for a filter; elsewhere the default 2 GB stands.
+  [ "$target" = template ] && flags+=("-malloc_limit_mb=256")
   # -timeout: an input that takes 10 s is a hang worth a report, not a wait.
   cargo +nightly fuzz run "$target" "${dirs[@]}" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \

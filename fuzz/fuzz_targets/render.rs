@@ -141,7 +141,7 @@ fn check_plan(flow: &Flow, input: &Input<'_>) {
         CodeDetails::Reset => b"upstream_reset_before_response_started{connection_termination}",
         CodeDetails::Raw(raw) => raw,
     };
-    let head = ExecutorHead::new(input.status, details);
+    let head = ExecutorHead::new(input.status, || details.to_vec());
     let planned = plan(flow, head);
     match &planned {
         ResponsePlan::Reply(reply) if !head.via_upstream => {

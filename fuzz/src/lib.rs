@@ -220,6 +220,187 @@ pub fn to_bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// Jinja template sources built from pieces, so that they compile often enough to be
+/// rendered, with `Raw` pieces for anything at all. Numbers and sizes are unbounded: the
+/// `template` target asks whether rendering stays bounded whatever the template.
+pub mod jinja {
+    use arbitrary::Arbitrary;
+
+    use super::KnownKey;
+
+    #[derive(Arbitrary, Debug)]
+    pub enum Piece<'a> {
+        Expression(Vec<Expr<'a>>),
+        If(Vec<Expr<'a>>),
+        Else,
+        EndIf,
+        For(Vec<Expr<'a>>),
+        EndFor,
+        Set(Vec<Expr<'a>>),
+        Macro,
+        EndMacro,
+        Raw(&'a str),
+    }
+
+    #[derive(Arbitrary, Debug)]
+    pub enum Expr<'a> {
+        Name(KnownKey),
+        Attribute(KnownKey),
+        Index(i8),
+        Filter(Filter),
+        Operator(Operator),
+        Int(i32),
+        Str(&'a str),
+        List(Vec<i8>),
+        Range(u32),
+        Open,
+        Close,
+        Raw(&'a str),
+    }
+
+    #[derive(Arbitrary, Debug, Clone, Copy)]
+    pub enum Filter {
+        Tojson,
+        Length,
+        Items,
+        Join,
+        List,
+        Upper,
+        Default,
+        Replace,
+        Int,
+        Round,
+        Sort,
+        Unique,
+        Dictsort,
+        Batch(u16),
+        Indent(u32),
+        First,
+        Last,
+        Reverse,
+        Sum,
+        Max,
+        String,
+        Safe,
+        Escape,
+    }
+
+    #[derive(Arbitrary, Debug, Clone, Copy)]
+    pub enum Operator {
+        Plus,
+        Minus,
+        Times,
+        Power,
+        Divide,
+        FloorDivide,
+        Modulo,
+        Concat,
+        Equals,
+        In,
+        Is,
+        Not,
+        And,
+        Comma,
+        Colon,
+    }
+
+    fn expression(pieces: &[Expr<'_>]) -> String {
+        let mut out = String::new();
+        for piece in pieces {
+            match piece {
+                Expr::Name(key) => out.push_str(match key {
+                    KnownKey::Value | KnownKey::Res1 => "res1",
+                    KnownKey::Web1 | KnownKey::CompanyId => "web1",
+                    KnownKey::Run | KnownKey::RunId => "run",
+                    KnownKey::MyResult => "loop",
+                    KnownKey::A => "a",
+                    KnownKey::B => "m()",
+                    KnownKey::X => "x",
+                    KnownKey::Y => "range(3)",
+                }),
+                Expr::Attribute(key) => {
+                    out.push('.');
+                    out.push_str(key.as_str());
+                }
+                Expr::Index(i) => out.push_str(&format!("[{i}]")),
+                Expr::Filter(filter) => out.push_str(&match filter {
+                    Filter::Tojson => "|tojson".to_string(),
+                    Filter::Length => "|length".to_string(),
+                    Filter::Items => "|items".to_string(),
+                    Filter::Join => "|join(',')".to_string(),
+                    Filter::List => "|list".to_string(),
+                    Filter::Upper => "|upper".to_string(),
+                    Filter::Default => "|default('d')".to_string(),
+                    Filter::Replace => "|replace('a', 'bb')".to_string(),
+                    Filter::Int => "|int".to_string(),
+                    Filter::Round => "|round(2)".to_string(),
+                    Filter::Sort => "|sort".to_string(),
+                    Filter::Unique => "|unique".to_string(),
+                    Filter::Dictsort => "|dictsort".to_string(),
+                    Filter::Batch(n) => format!("|batch({n})"),
+                    Filter::Indent(n) => format!("|indent({n})"),
+                    Filter::First => "|first".to_string(),
+                    Filter::Last => "|last".to_string(),
+                    Filter::Reverse => "|reverse".to_string(),
+                    Filter::Sum => "|sum".to_string(),
+                    Filter::Max => "|max".to_string(),
+                    Filter::String => "|string".to_string(),
+                    Filter::Safe => "|safe".to_string(),
+                    Filter::Escape => "|escape".to_string(),
+                }),
+                Expr::Operator(op) => out.push_str(match op {
+                    Operator::Plus => " + ",
+                    Operator::Minus => " - ",
+                    Operator::Times => " * ",
+                    Operator::Power => " ** ",
+                    Operator::Divide => " / ",
+                    Operator::FloorDivide => " // ",
+                    Operator::Modulo => " % ",
+                    Operator::Concat => " ~ ",
+                    Operator::Equals => " == ",
+                    Operator::In => " in ",
+                    Operator::Is => " is ",
+                    Operator::Not => " not ",
+                    Operator::And => " and ",
+                    Operator::Comma => ", ",
+                    Operator::Colon => ": ",
+                }),
+                Expr::Int(i) => out.push_str(&i.to_string()),
+                Expr::Str(s) => out.push_str(&format!("{s:?}")),
+                Expr::List(items) => {
+                    let items: Vec<String> = items.iter().map(i8::to_string).collect();
+                    out.push_str(&format!("[{}]", items.join(", ")));
+                }
+                Expr::Range(n) => out.push_str(&format!("range({n})")),
+                Expr::Open => out.push('('),
+                Expr::Close => out.push(')'),
+                Expr::Raw(s) => out.push_str(s),
+            }
+        }
+        out
+    }
+
+    /// The template source the pieces spell.
+    pub fn source(pieces: &[Piece<'_>]) -> String {
+        let mut out = String::new();
+        for piece in pieces {
+            match piece {
+                Piece::Raw(s) => out.push_str(s),
+                Piece::Expression(e) => out.push_str(&format!("{{{{ {} }}}}", expression(e))),
+                Piece::If(e) => out.push_str(&format!("{{% if {} %}}", expression(e))),
+                Piece::Else => out.push_str("{% else %}"),
+                Piece::EndIf => out.push_str("{% endif %}"),
+                Piece::For(e) => out.push_str(&format!("{{% for x in {} %}}", expression(e))),
+                Piece::EndFor => out.push_str("{% endfor %}"),
+                Piece::Set(e) => out.push_str(&format!("{{% set a = {} %}}", expression(e))),
+                Piece::Macro => out.push_str("{% macro m() %}"),
+                Piece::EndMacro => out.push_str("{% endmacro %}"),
+            }
+        }
+        out
+    }
+}
+
 /// How lenient executors read a path, each a separate model: optionally cut `;params`
 /// from the raw segments (Tomcat), decode 0 to [`ROUNDS`] times or to the fixpoint, then
 /// resolve empty and dot segments between `/` (and `\`, or not), cutting `;params`
