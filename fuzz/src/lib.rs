@@ -1,5 +1,6 @@
 //! What the fuzz targets share: a fixed flow set with known tokens, arbitrary JSON
-//! values, and an independent model of how a lenient executor reads a request path.
+//! values, Jinja template pieces, and an independent model of how a lenient executor
+//! reads a request path.
 //!
 //! The path model here is deliberately not `flowgate::route`: the `decide` target checks
 //! the filter's routing against it, so it must be written from the contract, not copied.
@@ -403,9 +404,9 @@ pub mod jinja {
 
 /// How lenient executors read a path, each a separate model: optionally cut `;params`
 /// from the raw segments (Tomcat), decode 0 to [`ROUNDS`] times or to the fixpoint, then
-/// resolve empty and dot segments between `/` (and `\`, or not), cutting `;params`
-/// there too or not. Each normalisation step an executor may or may not take is a
-/// choice here, because leaving one out can keep a path under the prefix.
+/// merge empty segments and resolve dot segments (or not) between `/` (and `\`, or
+/// not), cutting `;params` there too or not. Each normalisation step an executor may or
+/// may not take is a choice here, because leaving one out can keep a path under the prefix.
 ///
 /// [`ROUNDS`]: executor_path::ROUNDS
 pub mod executor_path {
@@ -456,10 +457,10 @@ pub mod executor_path {
         all
     }
 
-    /// RFC 3986 dot-segment removal over `/` (and with `backslash`, `\`) separators;
-    /// with `strip_params`, each segment loses everything from its first `;` (servlet
-    /// containers do this).
-    pub fn resolve(path: &[u8], backslash: bool, strip_params: bool) -> Vec<u8> {
+    /// Empty segments merged and, with `dots`, RFC 3986 dot segments removed, over `/`
+    /// (and with `backslash`, `\`) separators; with `strip_params`, each segment loses
+    /// everything from its first `;` (servlet containers do this).
+    pub fn resolve(path: &[u8], backslash: bool, strip_params: bool, dots: bool) -> Vec<u8> {
         let mut segments: Vec<&[u8]> = Vec::new();
         let mut ends_in_slash = false;
         for raw in path.split(|&b| b == b'/' || (backslash && b == b'\\')) {
@@ -468,10 +469,12 @@ pub mod executor_path {
             } else {
                 raw
             };
-            ends_in_slash = matches!(segment, b"" | b"." | b"..");
+            let dot = dots && matches!(segment, b"." | b"..");
+            ends_in_slash = segment.is_empty() || dot;
             match segment {
-                b"" | b"." => {}
-                b".." => {
+                b"" => {}
+                b"." if dot => {}
+                b".." if dot => {
                     segments.pop();
                 }
                 other => segments.push(other),
@@ -519,11 +522,13 @@ pub mod executor_path {
                 };
                 for backslash in [false, true] {
                     for strip_params in [false, true] {
-                        if starts_with_ignore_case(&resolve(decoded, backslash, strip_params), prefix) {
-                            models.push(format!(
-                                "raw ;params cut: {cut_first}, decoded {rounds}, \\ separates: {backslash}, \
-                                 ;params cut after: {strip_params}"
-                            ));
+                        for dots in [false, true] {
+                            if starts_with_ignore_case(&resolve(decoded, backslash, strip_params, dots), prefix) {
+                                models.push(format!(
+                                    "raw ;params cut: {cut_first}, decoded {rounds}, \\ separates: {backslash}, \
+                                     ;params cut after: {strip_params}, dot segments resolved: {dots}"
+                                ));
+                            }
                         }
                     }
                 }
@@ -605,10 +610,12 @@ mod tests {
             "/;%2Fx/v1/flow-webhook/f-1",
             "/v1/flow-webhook/x\\..\\..",
             "//v1/flow-webhook/..%2Fx",
+            "/v1/flow-webhook/f-1/../../x",
+            "/v1/flow-webhook/../x",
         ] {
             assert!(!reaching_models(path.as_bytes(), prefix).is_empty(), "{path}");
         }
-        for path in ["/", "/v1/flow-webhook", "/v1/flow-webhook/../x", "/x?/v1/flow-webhook/"] {
+        for path in ["/", "/v1/flow-webhook", "/v1/x/../flow-webhook", "/x?/v1/flow-webhook/"] {
             assert!(reaching_models(path.as_bytes(), prefix).is_empty(), "{path}");
         }
     }
