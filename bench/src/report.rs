@@ -169,6 +169,18 @@ fn goals(report: &Report) -> Vec<Goal> {
             detail: format!("worst {added:+.0} µs ({name})"),
         });
     }
+    if let Some(pass) = report.measured.iter().find(|m| m.scenario.name == "pass") {
+        // Not a goal: what any request costs once a wasm filter is on its path at all.
+        let floor = pass.ratio(Flowgate, Plain);
+        goals.push(Goal {
+            text: "(for reference) the wasm floor: a request flowgate only looks at (pass)".into(),
+            met: floor >= 0.9,
+            detail: format!(
+                "{floor:.2}x plain, {:+.1} µs/req: host calls and V8 entries every wasm filter pays",
+                pass.added_us(Flowgate)
+            ),
+        });
+    }
     let cost = |name: &str| {
         report
             .measured

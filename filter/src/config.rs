@@ -312,7 +312,7 @@ impl FlowsBuilder {
             Some(value) => Some(parse_response(
                 Fields::of(value, format!("{}.response", fields.at))?,
                 index,
-                &id,
+                (&id, &ref_id),
                 templates,
             )?),
             None => None,
@@ -335,7 +335,7 @@ impl FlowsBuilder {
 fn parse_response(
     fields: Fields<'_>,
     index: usize,
-    flow_id: &str,
+    flow: (&str, &str),
     templates: &Rc<render::Templates>,
 ) -> Result<ResponseTemplate, ConfigError> {
     fields.deny_unknown(&["status", "content_type", "body"])?;
@@ -358,7 +358,7 @@ fn parse_response(
         content_type,
         Rc::clone(templates),
         template_name(index),
-        flow_id,
+        flow,
     ))
 }
 

@@ -162,7 +162,7 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
     let admission = Admission {
         flow: Rc::clone(flow),
         json: head.content_type.is_some_and(body::is_json),
-        keep_body: flow.response.is_some(),
+        keep_body: flow.response.as_ref().is_some_and(|r| r.reads_request_body),
     };
     if let Some(length) = head.content_length {
         if let Err(too_large) = admission.check_size(length) {

@@ -50,6 +50,18 @@ impl Templates {
             None => Ok(()),
         }
     }
+
+    /// Whether template `name` may read the variable `variable`. A template that pulls in
+    /// another (`include`, `import`, `extends`) may read anything.
+    fn reads(&self, name: &str, variable: &str) -> bool {
+        let Ok(template) = self.env.get_template(name) else {
+            return true;
+        };
+        let pulls_in = ["include", "import", "extends"]
+            .iter()
+            .any(|tag| template.source().contains(tag));
+        pulls_in || template.undeclared_variables(false).contains(variable)
+    }
 }
 
 /// `syntax error at line 2: unexpected end of input` — kind, line and detail; never values.
@@ -65,6 +77,8 @@ fn describe(e: &minijinja::Error) -> String {
 pub struct ResponseTemplate {
     pub status: u16,
     pub content_type: String,
+    /// The template reads the request body (the flow's `ref_id`), so it must be kept.
+    pub reads_request_body: bool,
     templates: Rc<Templates>,
     name: String,
     flow_id: String,
@@ -80,10 +94,12 @@ impl std::fmt::Debug for ResponseTemplate {
 }
 
 impl ResponseTemplate {
-    pub fn new(status: u16, content_type: String, templates: Rc<Templates>, name: String, flow_id: &str) -> Self {
+    pub fn new(status: u16, content_type: String, templates: Rc<Templates>, name: String, flow: (&str, &str)) -> Self {
+        let (flow_id, ref_id) = flow;
         ResponseTemplate {
             status,
             content_type,
+            reads_request_body: templates.reads(&name, ref_id),
             templates,
             name,
             flow_id: flow_id.to_string(),
@@ -139,7 +155,7 @@ mod tests {
     fn template(source: &str) -> ResponseTemplate {
         let templates = Rc::new(compile_all(std::iter::once(("t".to_string(), source))));
         templates.check("t").unwrap();
-        ResponseTemplate::new(200, "application/json".into(), templates, "t".into(), "f-1")
+        ResponseTemplate::new(200, "application/json".into(), templates, "t".into(), ("f-1", "web1"))
     }
 
     fn context(json: serde_json::Value) -> Value {
@@ -157,6 +173,16 @@ mod tests {
             .render(&context(serde_json::json!({"res1": {"value": "other"}})))
             .unwrap();
         assert_eq!(String::from_utf8(invalid).unwrap(), r#"{"valid": false}"#);
+    }
+
+    #[test]
+    fn the_request_body_is_kept_only_for_templates_that_read_it() {
+        assert!(!template(SEED).reads_request_body);
+        assert!(template("{{ web1.company_id }}").reads_request_body);
+        assert!(template("{% if res1 %}{{ web1 | tojson }}{% endif %}").reads_request_body);
+        // `web10` is another variable; an included template may read anything.
+        assert!(!template("{{ web10 }}").reads_request_body);
+        assert!(template("{% include 'other' ignore missing %}").reads_request_body);
     }
 
     #[test]
