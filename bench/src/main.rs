@@ -295,7 +295,7 @@ impl Bench<'_> {
     }
 
     fn load(&self, envoy: &Envoy, scenario: &Scenario, listener: Listener, seconds: u32) -> Result<wrk::Run, String> {
-        self.load_with(envoy, scenario, listener, seconds, self.o.connections)
+        self.load_with(envoy, scenario, listener, seconds, self.o.connections, None)
     }
 
     fn load_with(
@@ -305,6 +305,7 @@ impl Bench<'_> {
         listener: Listener,
         seconds: u32,
         connections: u32,
+        delay_ms: Option<u32>,
     ) -> Result<wrk::Run, String> {
         let body_file = self.body_file(scenario)?;
         let token = self.token(scenario);
@@ -316,6 +317,7 @@ impl Bench<'_> {
             token: &token,
             body_file: &body_file,
             cpu: self.o.pin.then_some(1),
+            delay_ms,
         })
     }
 
@@ -394,7 +396,25 @@ impl Bench<'_> {
         // One connection: no queueing in Envoy, so latency is the per-request service time.
         let mut single: [wrk::Run; 3] = Default::default();
         for listener in Listener::ALL {
-            single[listener.index()] = self.load_with(envoy, scenario, listener, self.o.seconds, 1)?;
+            single[listener.index()] = self.load_with(envoy, scenario, listener, self.o.seconds, 1, None)?;
+        }
+        // The same connections, paced to half the slowest listener's rate: latency with
+        // concurrency but without a saturated worker's queue.
+        let slowest = runs
+            .iter()
+            .map(|r| report::median(r.iter().map(|run| run.requests_per_sec).collect()))
+            .fold(f64::INFINITY, f64::min);
+        let delay_ms = plan::pacing_delay_ms(self.o.connections, slowest);
+        let mut paced: [wrk::Run; 3] = Default::default();
+        for listener in Listener::ALL {
+            paced[listener.index()] = self.load_with(
+                envoy,
+                scenario,
+                listener,
+                self.o.seconds,
+                self.o.connections,
+                Some(delay_ms),
+            )?;
         }
         Ok(Measured {
             scenario: scenario.clone(),
@@ -402,6 +422,8 @@ impl Bench<'_> {
             new_connections,
             probe,
             single,
+            paced,
+            delay_ms,
         })
     }
 

@@ -24,6 +24,8 @@ pub struct Load<'a> {
     pub token: &'a str,
     pub body_file: &'a Path,
     pub cpu: Option<u32>,
+    /// Each connection waits this long between requests (a paced load, not a saturating one).
+    pub delay_ms: Option<u32>,
 }
 
 pub fn run(load: &Load<'_>) -> Result<Run, String> {
@@ -47,6 +49,7 @@ pub fn run(load: &Load<'_>) -> Result<Run, String> {
         .arg(&load.url)
         .env("BENCH_TOKEN", load.token)
         .env("BENCH_BODY_FILE", load.body_file)
+        .envs(load.delay_ms.map(|ms| ("BENCH_DELAY_MS", ms.to_string())))
         .output()
         .map_err(|e| format!("cannot run wrk: {e} (install it: scripts/setup.sh --bench)"))?;
     let text = String::from_utf8_lossy(&output.stdout);
