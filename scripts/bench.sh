@@ -4,7 +4,7 @@
 # and flowgate -- alternated round by round so machine noise cancels in the ratios.
 # Writes bench/results/<date>.md, bench/results/latest.md and bench/results/latest.svg.
 #
-#   scripts/bench.sh                  full run (5 rounds x 3 s, ~17 minutes on 2 cores)
+#   scripts/bench.sh                  full run (5 rounds x 3 s, ~20 minutes on 2 cores)
 #   scripts/bench.sh --quick          1 s per run, 1 round, no memory phase (a smoke test)
 #   scripts/bench.sh --only sync,reject-401 --seconds 3
 #   scripts/bench.sh --profile        add a perf (cpu-clock) split of where Envoy's time goes
