@@ -113,6 +113,23 @@ impl Measured {
     }
 }
 
+/// `plain | lua | flowgate | flowgate − plain` as p50 / p99 µs table cells.
+fn latency_cells(runs: &[Run; 3]) -> String {
+    let cell = |l: Listener| {
+        let run = &runs[l.index()];
+        format!("{:.0} / {:.0}", run.p50_us, run.p99_us)
+    };
+    let (f, p) = (&runs[Listener::Flowgate.index()], &runs[Listener::Plain.index()]);
+    format!(
+        "{} | {} | {} | {:+.0} / {:+.0}",
+        cell(Listener::Plain),
+        cell(Listener::Lua),
+        cell(Listener::Flowgate),
+        f.p50_us - p.p50_us,
+        f.p99_us - p.p99_us
+    )
+}
+
 fn ms(us: f64) -> String {
     format!("{:.2}", us / 1000.0)
 }
@@ -333,21 +350,7 @@ pub fn markdown(report: &Report) -> String {
          |---|---:|---:|---:|---:|\n",
     );
     for m in &report.measured {
-        let cell = |l: Listener| {
-            let run = &m.single[l.index()];
-            format!("{:.0} / {:.0}", run.p50_us, run.p99_us)
-        };
-        let (f, p) = (&m.single[Flowgate.index()], &m.single[Plain.index()]);
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {:+.0} / {:+.0} |",
-            m.scenario.name,
-            cell(Plain),
-            cell(Lua),
-            cell(Flowgate),
-            f.p50_us - p.p50_us,
-            f.p99_us - p.p99_us
-        );
+        let _ = writeln!(md, "| {} | {} |", m.scenario.name, latency_cells(&m.single));
     }
 
     let _ = write!(
@@ -360,22 +363,13 @@ pub fn markdown(report: &Report) -> String {
         report.connections
     );
     for m in &report.measured {
-        let cell = |l: Listener| {
-            let run = &m.paced[l.index()];
-            format!("{:.0} / {:.0}", run.p50_us, run.p99_us)
-        };
-        let (f, p) = (&m.paced[Flowgate.index()], &m.paced[Plain.index()]);
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {} | {} | {:+.0} / {:+.0} |",
+            "| {} | {} | {:.0} | {} |",
             m.scenario.name,
             m.delay_ms,
-            f.requests_per_sec,
-            cell(Plain),
-            cell(Lua),
-            cell(Flowgate),
-            f.p50_us - p.p50_us,
-            f.p99_us - p.p99_us
+            m.paced[Listener::Flowgate.index()].requests_per_sec,
+            latency_cells(&m.paced)
         );
     }
 
