@@ -113,6 +113,17 @@ impl Measured {
     }
 }
 
+/// `| name | plain | lua | flowgate |`, one cell per listener.
+fn listener_row(md: &mut String, name: &str, cell: impl Fn(Listener) -> String) {
+    let _ = writeln!(
+        md,
+        "| {name} | {} | {} | {} |",
+        cell(Listener::Plain),
+        cell(Listener::Lua),
+        cell(Listener::Flowgate)
+    );
+}
+
 /// `plain | lua | flowgate | flowgate − plain` as p50 / p99 µs table cells.
 fn latency_cells(runs: &[Run; 3]) -> String {
     let cell = |l: Listener| {
@@ -380,14 +391,7 @@ pub fn markdown(report: &Report) -> String {
             let (status, close) = m.probe[l.index()];
             format!("{status}{}", if close { ", connection: close" } else { "" })
         };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            m.scenario.name,
-            cell(Plain),
-            cell(Lua),
-            cell(Flowgate)
-        );
+        listener_row(&mut md, m.scenario.name, cell);
     }
 
     md.push_str("\n## Memory and start-up\n\n");
@@ -437,14 +441,7 @@ pub fn markdown(report: &Report) -> String {
                 .collect::<Vec<_>>()
                 .join(" / ")
         };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            m.scenario.name,
-            cell(Plain),
-            cell(Lua),
-            cell(Flowgate)
-        );
+        listener_row(&mut md, m.scenario.name, cell);
     }
     if let Some(profile) = &report.profile {
         let _ = write!(md, "\n## Where the worker's time goes (perf, cpu-clock)\n\n{profile}\n");
