@@ -3,14 +3,16 @@
 //! Every error names where it is (`flows[2] (id "f-1003").token_sha256[0]`) and what
 //! is wrong, so an operator can fix the configuration from one log line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::auth::{self, TokenDigest};
+use crate::directory::ENTRIES_PER_STEP;
 use crate::render::{self, ResponseTemplate};
 
 pub const DEFAULT_PREFIX: &str = "/v1/flow-webhook/";
@@ -152,9 +154,20 @@ pub struct PluginConfig {
 }
 
 impl PluginConfig {
+    /// Flows stay raw JSON text until they are built a chunk at a time, so a large flow set
+    /// is never held whole as a JSON tree (at 100,000 flows that tree alone is ~250 MiB).
     pub fn parse(json: &[u8]) -> Result<PluginConfig, ConfigError> {
-        let root: Value =
-            serde_json::from_slice(json).map_err(|e| error("configuration", format!("not valid JSON: {e}")))?;
+        let not_json = |e: serde_json::Error| error("configuration", format!("not valid JSON: {e}"));
+        let document: &RawValue = serde_json::from_slice(json).map_err(not_json)?;
+        let mut top: BTreeMap<String, &RawValue> =
+            serde_json::from_str(document.get()).map_err(|_| error("configuration", "must be a JSON object".into()))?;
+        let raw_flows = top.remove("flows");
+        let root = top
+            .into_iter()
+            .map(|(key, raw)| Ok((key, serde_json::from_str(raw.get())?)))
+            .collect::<Result<Map<String, Value>, serde_json::Error>>()
+            .map(Value::Object)
+            .map_err(not_json)?;
         let fields = Fields::of(&root, "configuration".into())?;
         fields.deny_unknown(&["webhook_path_prefix", "max_body_bytes", "flows", "directory"])?;
         let webhook_path_prefix = fields
@@ -172,7 +185,12 @@ impl PluginConfig {
             Some(value) => Some(parse_directory(Fields::of(value, "directory".into())?)?),
             None => None,
         };
-        let entries: Vec<Value> = fields.optional("flows")?.unwrap_or_default();
+        let entries: Vec<&RawValue> = match raw_flows {
+            Some(raw) => serde_json::from_str::<Option<_>>(raw.get())
+                .map_err(|e| fields.error("flows", &e.to_string()))?
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         let flows = FlowsBuilder::new(max_body_bytes).strict(&entries)?;
         Ok(PluginConfig {
             webhook_path_prefix,
@@ -194,12 +212,16 @@ impl FlowsBuilder {
     }
 
     /// All entries must be valid; the first problem is the error.
-    pub fn strict(&self, entries: &[Value]) -> Result<Flows, ConfigError> {
-        let (flows, problems) = self.lenient(entries, &Flows::default());
-        match problems.into_iter().next() {
-            Some(problem) => Err(problem),
-            None => Ok(flows),
+    pub fn strict(&self, entries: &[&RawValue]) -> Result<Flows, ConfigError> {
+        let mut partial = PartialFlows::default();
+        for chunk in entries.chunks(ENTRIES_PER_STEP) {
+            let texts = chunk.iter().map(|raw| raw.get().as_bytes());
+            self.add_texts(&mut partial, texts, &Flows::default());
+            if let Some(problem) = partial.problems.first() {
+                return Err(problem.clone());
+            }
         }
+        Ok(partial.finish().0)
     }
 
     /// Invalid entries are skipped and returned as problems; a skipped flow keeps its
@@ -208,6 +230,15 @@ impl FlowsBuilder {
         let mut partial = PartialFlows::default();
         self.add(&mut partial, entries, previous);
         partial.finish()
+    }
+
+    /// Parses and adds the next chunk of entries (JSON texts); an entry that does not parse
+    /// is refused like any other non-object.
+    pub fn add_texts<'t>(&self, partial: &mut PartialFlows, texts: impl Iterator<Item = &'t [u8]>, previous: &Flows) {
+        let chunk: Vec<Value> = texts
+            .map(|text| serde_json::from_slice(text).unwrap_or(Value::Null))
+            .collect();
+        self.add(partial, &chunk, previous);
     }
 
     /// Adds the next chunk of entries to a flow set under construction.
@@ -509,6 +540,22 @@ mod tests {
     }
 
     #[test]
+    fn flows_load_a_chunk_at_a_time_and_errors_keep_their_place() {
+        assert_eq!(problem(serde_json::json!([])), "configuration: must be a JSON object");
+        assert!(problem(serde_json::json!({"flows": "f-1"})).starts_with("configuration.flows: invalid type"));
+        assert!(parse(serde_json::json!({"flows": null})).unwrap().flows.is_empty());
+        let mut flows: Vec<_> = (0..600)
+            .map(|i| flow(serde_json::json!({"id": format!("f-{i}")})))
+            .collect();
+        assert_eq!(
+            parse(serde_json::json!({"flows": flows.clone()})).unwrap().flows.len(),
+            600
+        );
+        flows[555]["status"] = "on".into();
+        assert!(problem(serde_json::json!({"flows": flows})).starts_with("flows[555] (id \"f-555\").status:"));
+    }
+
+    #[test]
     fn errors_name_the_flow_and_field() {
         assert_eq!(
             problem(serde_json::json!({"flows": [flow(serde_json::json!({"token_sha256": [DIGEST, "ABC"]}))]})),
@@ -561,9 +608,10 @@ mod tests {
     #[test]
     fn lenient_loading_keeps_the_last_valid_version_of_a_broken_flow() {
         let builder = FlowsBuilder::new(DEFAULT_MAX_BODY_BYTES);
-        let first = builder
-            .strict(&[flow(serde_json::json!({})), flow(serde_json::json!({"id": "f-2"}))])
-            .unwrap();
+        let (first, _) = builder.lenient(
+            &[flow(serde_json::json!({})), flow(serde_json::json!({"id": "f-2"}))],
+            &Flows::default(),
+        );
         let entries = [
             flow(serde_json::json!({"status": "bogus"})),
             flow(serde_json::json!({"id": "f-2", "status": "paused"})),

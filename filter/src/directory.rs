@@ -10,7 +10,6 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use crate::config::{ConfigError, Flows, FlowsBuilder, PartialFlows};
 
@@ -103,17 +102,10 @@ impl Loading {
     pub fn step(&mut self, builder: &FlowsBuilder) -> Option<(Flows, Vec<ConfigError>)> {
         let start = self.partial.entries_added();
         let end = (start + ENTRIES_PER_STEP).min(self.entries.len());
-        let chunk: Vec<Value> = self
-            .entries
-            .get(start..end)
-            .unwrap_or_default()
-            .iter()
-            .map(|range| {
-                let text = self.blob.get(range.clone()).unwrap_or_default();
-                serde_json::from_slice(text).unwrap_or(Value::Null)
-            })
-            .collect();
-        builder.add(&mut self.partial, &chunk, &self.previous);
+        let blob = &self.blob;
+        let texts = self.entries.get(start..end).unwrap_or_default().iter();
+        let texts = texts.map(|range| blob.get(range.clone()).unwrap_or_default());
+        builder.add_texts(&mut self.partial, texts, &self.previous);
         if end < self.entries.len() {
             return None;
         }
@@ -165,6 +157,7 @@ pub fn tick_ms(refresh_ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
