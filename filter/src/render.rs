@@ -1,9 +1,12 @@
-//! Response templates: Jinja2 (minijinja) compiled once per flow set, rendered per answer.
+//! Response templates: Jinja2 (minijinja), checked when a flow set loads, compiled on a
+//! flow's first answer and kept for the next ones.
 //!
-//! Rendering is bounded: minijinja fuel caps the work a template may do and the
+//! A compiled minijinja template holds about 10 KB however short its source, so compiling
+//! on first use keeps memory proportional to the flows a worker answers, not to the flows
+//! configured. Rendering is bounded: minijinja fuel caps the work a template may do and the
 //! output is capped in size, so a hostile or buggy template cannot stall a worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::rc::Rc;
 
@@ -14,10 +17,13 @@ const FUEL: u64 = 100_000;
 /// Largest rendered body.
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
-/// All response templates of one flow set, compiled together.
+/// All response templates of one flow set.
 pub struct Templates {
+    /// Loads a template from its source on first use and keeps it compiled.
     env: Environment<'static>,
     errors: HashMap<String, String>,
+    /// The variables each valid template reads; `None`: it pulls in another, so any.
+    variables: HashMap<String, Option<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -28,18 +34,31 @@ impl std::fmt::Debug for Templates {
     }
 }
 
-/// Compiles `(name, source)` pairs; failures are kept by name for `Templates::check`.
+/// Checks `(name, source)` pairs by compiling each once (then dropping it); failures are
+/// kept by name for `Templates::check`.
 pub fn compile_all<'a>(sources: impl Iterator<Item = (String, &'a str)>) -> Templates {
+    let mut valid = HashMap::new();
+    let mut errors = HashMap::new();
+    let mut variables = HashMap::new();
+    let checker = Environment::new();
+    for (name, source) in sources {
+        match checker.template_from_str(source) {
+            Ok(template) => {
+                let pulls_in = ["include", "import", "extends"].iter().any(|tag| source.contains(tag));
+                let read = (!pulls_in).then(|| template.undeclared_variables(false));
+                variables.insert(name.clone(), read);
+                valid.insert(name, source.to_string());
+            }
+            Err(e) => {
+                errors.insert(name, describe(&e));
+            }
+        }
+    }
     let mut env = Environment::new();
     env.set_fuel(Some(FUEL));
     env.set_auto_escape_callback(|_| AutoEscape::None);
-    let mut errors = HashMap::new();
-    for (name, source) in sources {
-        if let Err(e) = env.add_template_owned(name.clone(), source.to_string()) {
-            errors.insert(name, describe(&e));
-        }
-    }
-    Templates { env, errors }
+    env.set_loader(move |name| Ok(valid.get(name).cloned()));
+    Templates { env, errors, variables }
 }
 
 impl Templates {
@@ -51,16 +70,12 @@ impl Templates {
         }
     }
 
-    /// Whether template `name` may read the variable `variable`. A template that pulls in
-    /// another (`include`, `import`, `extends`) may read anything.
+    /// Whether template `name` may read the variable `variable`.
     fn reads(&self, name: &str, variable: &str) -> bool {
-        let Ok(template) = self.env.get_template(name) else {
-            return true;
-        };
-        let pulls_in = ["include", "import", "extends"]
-            .iter()
-            .any(|tag| template.source().contains(tag));
-        pulls_in || template.undeclared_variables(false).contains(variable)
+        match self.variables.get(name) {
+            Some(Some(read)) => read.contains(variable),
+            _ => true,
+        }
     }
 }
 
