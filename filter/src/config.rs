@@ -1,4 +1,4 @@
-//! Plugin configuration: JSON -> validated flows with compiled response templates.
+//! Plugin configuration: JSON -> validated flows with checked response templates.
 //!
 //! Every error names where it is (`flows[2] (id "f-1003").token_sha256[0]`) and what
 //! is wrong, so an operator can fix the configuration from one log line.
@@ -201,7 +201,7 @@ impl PluginConfig {
     }
 }
 
-/// Builds a flow set from JSON flow entries, compiling their templates into one environment.
+/// Builds a flow set from JSON flow entries, checking their templates (one environment per chunk).
 pub struct FlowsBuilder {
     default_max_body_bytes: u64,
 }
@@ -245,7 +245,7 @@ impl FlowsBuilder {
     pub fn add(&self, partial: &mut PartialFlows, entries: &[Value], previous: &Flows) {
         let first = partial.next_index;
         partial.next_index += entries.len();
-        let templates = Rc::new(render::compile_all(entries.iter().enumerate().filter_map(
+        let templates = Rc::new(render::check_all(entries.iter().enumerate().filter_map(
             |(i, entry)| {
                 let body = entry.get("response")?.get("body")?.as_str()?;
                 Some((template_name(first + i), body))

@@ -36,7 +36,7 @@ impl std::fmt::Debug for Templates {
 
 /// Checks `(name, source)` pairs by compiling each once (then dropping it); failures are
 /// kept by name for `Templates::check`.
-pub fn compile_all<'a>(sources: impl Iterator<Item = (String, &'a str)>) -> Templates {
+pub fn check_all<'a>(sources: impl Iterator<Item = (String, &'a str)>) -> Templates {
     let mut valid = HashMap::new();
     let mut errors = HashMap::new();
     let mut variables = HashMap::new();
@@ -168,7 +168,7 @@ mod tests {
     const SEED: &str = "{\"valid\": {% if res1.value == \"myResult\" %}\"{{ res1.value }}\"{% else %}false{% endif %}}";
 
     fn template(source: &str) -> ResponseTemplate {
-        let templates = Rc::new(compile_all(std::iter::once(("t".to_string(), source))));
+        let templates = Rc::new(check_all(std::iter::once(("t".to_string(), source))));
         templates.check("t").unwrap();
         ResponseTemplate::new(200, "application/json".into(), templates, "t".into(), ("f-1", "web1"))
     }
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn compile_errors_name_the_line() {
-        let templates = compile_all(std::iter::once(("t".to_string(), "ok\n{{ a +  }}")));
+        let templates = check_all(std::iter::once(("t".to_string(), "ok\n{{ a +  }}")));
         let problem = templates.check("t").unwrap_err();
         assert!(problem.starts_with("syntax error at line 2"), "{problem}");
     }
