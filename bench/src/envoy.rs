@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::http;
+use flowgate_e2e::{wasm_filter, Connection, Response};
+
 use crate::plan::{Listener, MAX_BODY_BYTES};
 
 /// Ports, from a base: admin = base, upstream = base + 80, listener i = base + 1 + i.
@@ -75,27 +76,7 @@ pub fn bootstrap(ports: Ports, listeners: &[Listener], filters: &Filters<'_>) ->
                     "default_source_code": {"filename": filters.lua_script},
                 },
             })),
-            Listener::Flowgate => Some(json!({
-                "name": "envoy.filters.http.wasm",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": {
-                        "name": "flowgate",
-                        "root_id": "flowgate",
-                        "vm_config": {
-                            "vm_id": "flowgate",
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": filters.wasm}},
-                        },
-                        "configuration": {
-                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": filters.plugin_config,
-                        },
-                        "failure_policy": "FAIL_RELOAD",
-                        "allow_on_headers_stop_iteration": true,
-                    },
-                },
-            })),
+            Listener::Flowgate => Some(wasm_filter(filters.wasm, filters.plugin_config)),
         };
         let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "15s"}}]);
         all.push(listener_json(
@@ -237,7 +218,7 @@ impl Envoy {
                 return Err(format!("Envoy not ready after {limit:?}; see {}", self.log.display()));
             }
             let port = self.ports.listener(pending[0]);
-            match http::request(port, "GET", "/healthz/ready", &[], b"") {
+            match request(port, "GET", "/healthz/ready", &[], b"") {
                 Ok(response) if response.status != 503 => {
                     pending.remove(0);
                 }
@@ -262,7 +243,7 @@ impl Envoy {
     /// A counter from the admin `/stats` endpoint.
     pub fn counter(&self, name: &str) -> Option<u64> {
         let path = format!("/stats?filter=^{name}$");
-        let response = http::request(self.ports.admin(), "GET", &path, &[], b"").ok()?;
+        let response = request(self.ports.admin(), "GET", &path, &[], b"").ok()?;
         let text = String::from_utf8_lossy(&response.body).into_owned();
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
@@ -284,6 +265,14 @@ pub fn write_config(path: &Path, bootstrap: &Value) -> Result<(), String> {
 /// `.venv/bin/envoy` runs the real binary with `execv`, so its pid is Envoy's.
 pub fn binary(root: &Path) -> PathBuf {
     root.join(".venv/bin/envoy")
+}
+
+/// One request on a fresh keep-alive connection (as wrk sends them), so that the answer shows
+/// whether Envoy keeps the connection or closes it (`connection: close`).
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, String> {
+    Connection::open(port)
+        .and_then(|mut connection| connection.send(method, path, headers, body))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -6,16 +6,16 @@
 //! repository root; it writes generated configs to bench/work/ and results to bench/results/.
 
 mod envoy;
-mod http;
 mod plan;
 mod report;
 mod wrk;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use envoy::{Envoy, Filters, Ports};
+use flowgate_e2e::today;
 use plan::{Demo, Listener, Scenario};
 use report::{Measured, Memory, Report};
 
@@ -329,7 +329,7 @@ impl Bench<'_> {
         let mut probe = [(0, false); 3];
         let mut answers: Vec<Vec<u8>> = Vec::new();
         for listener in Listener::ALL {
-            let response = http::request(
+            let response = envoy::request(
                 envoy.ports.listener(listener),
                 "POST",
                 scenario.path,
@@ -538,31 +538,4 @@ fn envoy_version(binary: &Path) -> String {
         .and_then(|build| build.split('/').nth(1))
         .map(|v| format!("Envoy {v}"))
         .unwrap_or_else(|| "Envoy".into())
-}
-
-/// Today's UTC date, `YYYY-MM-DD` (civil-from-days, no date crate needed).
-fn today() -> String {
-    let days = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn today_is_a_date() {
-        let date = super::today();
-        assert_eq!(date.len(), 10);
-        assert!(date.starts_with("20"));
-    }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use flowgate_e2e::sha256_hex;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -219,10 +220,6 @@ impl Demo {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn sha256_hex(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// The wait between requests on each of `connections` that offers half of `slowest_rps`

@@ -60,6 +60,48 @@ pub fn envoy_binary() -> PathBuf {
     }
 }
 
+/// Today's UTC date, `YYYY-MM-DD` (civil from days), for report names.
+pub fn today() -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// flowgate as an Envoy HTTP filter: the wasm module and its plugin configuration (JSON text).
+pub fn wasm_filter(wasm: &Path, configuration: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "flowgate",
+                "root_id": "flowgate",
+                "vm_config": {
+                    "vm_id": "flowgate",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration
+                },
+                "failure_policy": "FAIL_RELOAD",
+                "allow_on_headers_stop_iteration": true
+            }
+        }
+    })
+}
+
 /// The filter under test: the release `wasm32-wasip1` build.
 pub fn filter_wasm() -> PathBuf {
     must_exist(
@@ -504,27 +546,7 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
                             }]
                         },
                         "http_filters": [
-                            {
-                                "name": "envoy.filters.http.wasm",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                                    "config": {
-                                        "name": "flowgate",
-                                        "root_id": "flowgate",
-                                        "vm_config": {
-                                            "vm_id": "flowgate",
-                                            "runtime": "envoy.wasm.runtime.v8",
-                                            "code": {"local": {"filename": filter_wasm()}}
-                                        },
-                                        "configuration": {
-                                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                                            "value": opts.plugin_config.text()
-                                        },
-                                        "failure_policy": "FAIL_RELOAD",
-                                        "allow_on_headers_stop_iteration": true
-                                    }
-                                }
-                            },
+                            wasm_filter(&filter_wasm(), &opts.plugin_config.text()),
                             {
                                 "name": "envoy.filters.http.router",
                                 "typed_config": {
