@@ -8,6 +8,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
+use serde_json::error::Category;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -158,9 +159,10 @@ impl PluginConfig {
     /// is never held whole as a JSON tree (at 100,000 flows that tree alone is ~250 MiB).
     pub fn parse(json: &[u8]) -> Result<PluginConfig, ConfigError> {
         let not_json = |e: serde_json::Error| error("configuration", format!("not valid JSON: {e}"));
-        let document: &RawValue = serde_json::from_slice(json).map_err(not_json)?;
-        let mut top: BTreeMap<String, &RawValue> =
-            serde_json::from_str(document.get()).map_err(|_| error("configuration", "must be a JSON object".into()))?;
+        let mut top: BTreeMap<String, &RawValue> = serde_json::from_slice(json).map_err(|e| match e.classify() {
+            Category::Data => error("configuration", "must be a JSON object".into()),
+            _ => not_json(e),
+        })?;
         let raw_flows = top.remove("flows");
         let root = top
             .into_iter()
@@ -542,6 +544,13 @@ mod tests {
     #[test]
     fn flows_load_a_chunk_at_a_time_and_errors_keep_their_place() {
         assert_eq!(problem(serde_json::json!([])), "configuration: must be a JSON object");
+        let truncated = PluginConfig::parse(br#"{"flows": [{"id": "f-1"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            truncated.starts_with("configuration: not valid JSON: EOF"),
+            "{truncated}"
+        );
         assert!(problem(serde_json::json!({"flows": "f-1"})).starts_with("configuration.flows: invalid type"));
         assert!(parse(serde_json::json!({"flows": null})).unwrap().flows.is_empty());
         let mut flows: Vec<_> = (0..600)
