@@ -21,15 +21,15 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 pub struct Templates {
     /// Loads a template from its source on first use and keeps it compiled.
     env: Environment<'static>,
-    errors: HashMap<String, String>,
-    /// The variables each valid template reads; `None`: it pulls in another, so any.
-    variables: HashMap<String, Option<HashSet<String>>>,
+    /// What loading found per template: the variables it reads (`None`: it pulls in another,
+    /// so any), or its compile error.
+    checked: HashMap<String, Result<Option<HashSet<String>>, String>>,
 }
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Templates")
-            .field("errors", &self.errors)
+            .field("checked", &self.checked)
             .finish_non_exhaustive()
     }
 }
@@ -38,42 +38,41 @@ impl std::fmt::Debug for Templates {
 /// kept by name for `Templates::check`.
 pub fn check_all<'a>(sources: impl Iterator<Item = (String, &'a str)>) -> Templates {
     let mut valid = HashMap::new();
-    let mut errors = HashMap::new();
-    let mut variables = HashMap::new();
+    let mut checked = HashMap::new();
     let checker = Environment::new();
     for (name, source) in sources {
-        match checker.template_from_str(source) {
-            Ok(template) => {
+        let result = checker
+            .template_from_str(source)
+            .map_err(|e| describe(&e))
+            .map(|template| {
                 let pulls_in = ["include", "import", "extends"].iter().any(|tag| source.contains(tag));
-                let read = (!pulls_in).then(|| template.undeclared_variables(false));
-                variables.insert(name.clone(), read);
-                valid.insert(name, source.to_string());
-            }
-            Err(e) => {
-                errors.insert(name, describe(&e));
-            }
+                (!pulls_in).then(|| template.undeclared_variables(false))
+            });
+        if result.is_ok() {
+            valid.insert(name.clone(), source.to_string());
         }
+        checked.insert(name, result);
     }
     let mut env = Environment::new();
     env.set_fuel(Some(FUEL));
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_loader(move |name| Ok(valid.get(name).cloned()));
-    Templates { env, errors, variables }
+    Templates { env, checked }
 }
 
 impl Templates {
     /// The compile error of a template, if it had one.
     pub fn check(&self, name: &str) -> Result<(), String> {
-        match self.errors.get(name) {
-            Some(problem) => Err(problem.clone()),
-            None => Ok(()),
+        match self.checked.get(name) {
+            Some(Err(problem)) => Err(problem.clone()),
+            _ => Ok(()),
         }
     }
 
     /// Whether template `name` may read the variable `variable`.
     fn reads(&self, name: &str, variable: &str) -> bool {
-        match self.variables.get(name) {
-            Some(Some(read)) => read.contains(variable),
+        match self.checked.get(name) {
+            Some(Ok(Some(read))) => read.contains(variable),
             _ => true,
         }
     }
