@@ -373,8 +373,9 @@ fn parse_response(
 ) -> Result<ResponseTemplate, ConfigError> {
     fields.deny_unknown(&["status", "content_type", "body"])?;
     let status: u16 = fields.required("status")?;
-    if !(100..=599).contains(&status) {
-        return Err(fields.error("status", "must be an HTTP status code from 100 to 599"));
+    // The reply carries the rendered body: 1xx, 204 and 304 cannot.
+    if !(200..=599).contains(&status) || status == 204 || status == 304 {
+        return Err(fields.error("status", "must be an HTTP status code from 200 to 599, not 204 or 304"));
     }
     let content_type = fields
         .optional("content_type")?
@@ -610,8 +611,13 @@ mod tests {
 
     #[test]
     fn response_status_must_be_a_real_code() {
-        let response = serde_json::json!({"response": {"status": 600, "body": "{}"}});
-        assert!(problem(serde_json::json!({"flows": [flow(response)]})).contains("response.status"));
+        for status in [600, 100, 199, 204, 304] {
+            let response = serde_json::json!({"response": {"status": status, "body": "{}"}});
+            assert!(
+                problem(serde_json::json!({"flows": [flow(response)]})).contains("response.status"),
+                "{status}"
+            );
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct RequestHead<'a> {
     authorization: Vec<&'a [u8]>,
     pub content_length: Option<u64>,
     pub content_type: Option<&'a [u8]>,
+    /// `Expect: 100-continue`: the sender waits for a go-ahead before sending the body.
+    pub expects_continue: bool,
 }
 
 impl<'a> RequestHead<'a> {
@@ -37,6 +39,7 @@ impl<'a> RequestHead<'a> {
                     head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok())
                 }
                 b"content-type" => head.content_type = Some(value),
+                b"expect" => head.expects_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
                 _ => {}
             }
         }
@@ -172,12 +175,15 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
     Verdict::Admit(admission)
 }
 
-/// True for headers a sender may not supply.
+/// True for headers a sender may not supply: any spelling an executor may read as an
+/// `x-flowgate-*` header (letter case ignored, `_` the same as `-`).
 pub fn is_own_header(name: &[u8]) -> bool {
-    name.len() >= OWN_HEADER_PREFIX.len()
-        && name
-            .get(..OWN_HEADER_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(OWN_HEADER_PREFIX))
+    name.get(..OWN_HEADER_PREFIX.len()).is_some_and(|start| {
+        start
+            .iter()
+            .zip(OWN_HEADER_PREFIX)
+            .all(|(&b, &own)| b.to_ascii_lowercase() == own || (b == b'_' && own == b'-'))
+    })
 }
 
 #[cfg(test)]
@@ -305,6 +311,15 @@ mod tests {
         assert!(is_own_header(b"x-flowgate-mode"));
         assert!(is_own_header(b"X-Flowgate-Flow-Id"));
         assert!(!is_own_header(b"x-flowgat"));
+        for spelling in [
+            "x_flowgate_flow_id",
+            "X_FLOWGATE_MODE",
+            "x-flowgate_ref-id",
+            "X-Flowgate-",
+        ] {
+            assert!(is_own_header(spelling.as_bytes()), "{spelling}");
+        }
+        assert!(!is_own_header(b"x-flowgatey"));
     }
 
     /// Found by `fuzz/` (target `decide`): a path that was not UTF-8 passed unchecked,

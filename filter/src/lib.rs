@@ -13,6 +13,7 @@ pub mod gate;
 pub mod render;
 pub mod reply;
 pub mod route;
+pub mod stream;
 pub mod wire;
 
 #[cfg(target_os = "wasi")]

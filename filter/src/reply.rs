@@ -12,6 +12,8 @@ const RETRY_AFTER_SECONDS: &str = "5";
 /// Everything the edge can answer on its own, in the contract's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EdgeReply {
+    /// Request headers or trailers that cannot be read: refused, never passed unread.
+    UnreadableRequest,
     /// A path that only normalises into the webhook prefix (`//`, `%2F`, `..`, case...).
     InvalidPath,
     NotFound,
@@ -57,7 +59,8 @@ struct Envelope<'a> {
 }
 
 /// Every `EdgeReply::code`, for defining one metric per outcome up front.
-pub const CODES: [&str; 12] = [
+pub const CODES: [&str; 13] = [
+    "invalid_request",
     "invalid_path",
     "not_found",
     "method_not_allowed",
@@ -75,7 +78,7 @@ pub const CODES: [&str; 12] = [
 impl EdgeReply {
     pub fn status(&self) -> u16 {
         match self {
-            EdgeReply::InvalidPath | EdgeReply::InvalidBody { .. } => 400,
+            EdgeReply::UnreadableRequest | EdgeReply::InvalidPath | EdgeReply::InvalidBody { .. } => 400,
             EdgeReply::Unauthorized { .. } => 401,
             EdgeReply::NotFound => 404,
             EdgeReply::MethodNotAllowed { .. } => 405,
@@ -91,6 +94,7 @@ impl EdgeReply {
     /// The envelope's `error` code; also the suffix of the outcome's metric.
     pub fn code(&self) -> &'static str {
         match self {
+            EdgeReply::UnreadableRequest => "invalid_request",
             EdgeReply::InvalidPath => "invalid_path",
             EdgeReply::NotFound => "not_found",
             EdgeReply::MethodNotAllowed { .. } => "method_not_allowed",
@@ -117,6 +121,7 @@ impl EdgeReply {
         }
         let mut data: Option<Box<RawValue>> = None;
         let message: std::borrow::Cow<'_, str> = match self {
+            EdgeReply::UnreadableRequest => "request headers or trailers could not be read".into(),
             EdgeReply::InvalidPath => {
                 "webhook path is not in canonical form; use the prefix followed by the flow id".into()
             }

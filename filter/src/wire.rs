@@ -25,6 +25,23 @@ pub fn decode_header_map(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     Some(pairs)
 }
 
+/// Serializes `(name, value)` pairs in the same layout (header sizes fit in a `u32`).
+pub fn encode_header_map<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
+    let word = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let mut out = word(pairs.len()).to_vec();
+    for (name, value) in pairs {
+        out.extend(word(name.as_ref().len()));
+        out.extend(word(value.as_ref().len()));
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_ref());
+        out.push(0);
+        out.extend_from_slice(value.as_ref());
+        out.push(0);
+    }
+    out
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
     let word: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
     usize::try_from(u32::from_le_bytes(word)).ok()
@@ -36,31 +53,16 @@ mod tests {
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (name, value) in pairs {
-            out.extend((name.len() as u32).to_le_bytes());
-            out.extend((value.len() as u32).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            out.extend(*name);
-            out.push(0);
-            out.extend(*value);
-            out.push(0);
-        }
-        out
-    }
-
     #[test]
     fn round_trips_including_non_utf8_values() {
         let pairs: Vec<(&[u8], &[u8])> = vec![(b":path", b"/v1"), (b"x", &[0xff, 0xfe]), (b"empty", b"")];
-        assert_eq!(decode_header_map(&encode(&pairs)).unwrap(), pairs);
+        assert_eq!(decode_header_map(&encode_header_map(&pairs)).unwrap(), pairs);
         assert_eq!(decode_header_map(&[]).unwrap(), vec![]);
     }
 
     #[test]
     fn malformed_maps_are_none() {
-        let good = encode(&[(b"name", b"value")]);
+        let good = encode_header_map(&[(b"name", b"value")]);
         for cut in 1..good.len() - 1 {
             assert!(decode_header_map(&good[..cut]).is_none(), "cut at {cut}");
         }

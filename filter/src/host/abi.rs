@@ -1,43 +1,129 @@
-//! Host calls the SDK would `unwrap` or decode with panics; here every failure is a value.
+//! The proxy-wasm host calls flowgate makes, declared here rather than taken from the
+//! SDK's `hostcalls`, which panic on any status they do not expect (a panic traps the
+//! VM). Here every failure is a value; statuses are read as plain integers.
 
-use std::ptr::null_mut;
+use std::ptr::{null, null_mut};
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, Status};
+use proxy_wasm::types::{BufferType, MapType};
+
+use crate::wire;
+
+const OK: u32 = 0;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
-    fn proxy_get_header_map_pairs(map_type: MapType, return_data: *mut *mut u8, return_size: *mut usize) -> Status;
+    fn proxy_get_header_map_pairs(map: MapType, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        map: MapType,
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map: MapType,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map: MapType, key: *const u8, key_size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer: BufferType,
+        start: usize,
+        max_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
 }
 
-/// The serialized header map (decode with `wire::decode_header_map`); empty on failure.
-pub fn header_map(map: MapType) -> Vec<u8> {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: on success the host hands over a buffer it allocated with this module's
-    // `proxy_on_memory_allocate`, so it is ours to own as a Vec of that size.
-    unsafe {
-        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
-            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
-            _ => Vec::new(),
-        }
+/// Takes ownership of a buffer the host returned: on success it allocated it with this
+/// module's `proxy_on_memory_allocate`, so it is ours to own as a Vec of that size.
+fn returned(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    match status {
+        OK if data.is_null() => Some(Vec::new()),
+        // SAFETY: see above; the host hands over `size` bytes at `data`.
+        OK => Some(unsafe { Vec::from_raw_parts(data, size, size) }),
+        _ => None,
     }
 }
 
-pub fn set_header(map: MapType, name: &str, value: Option<&str>) {
-    if let Err(status) = hostcalls::set_map_value(map, name, value) {
-        log::warn!("flowgate: could not set header {name}: {status:?}");
-    }
+/// The serialized header map (decode with `wire::decode_header_map`); `None` on failure.
+pub fn header_map(map: MapType) -> Option<Vec<u8>> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: the host writes a pointer and a length into the two out-parameters.
+    let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
+    returned(status, data, size)
 }
 
+/// One header's value; `None` when absent or unreadable.
 pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(map, name).ok().flatten()
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in `header_map`; `name` outlives the call.
+    let status = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
+    returned(status, data, size)
 }
 
+/// Sets (`Some`) or removes (`None`) a header; a failure is logged, never a trap.
+pub fn set_header(map: MapType, name: &str, value: Option<&str>) {
+    // SAFETY: the host reads `name` and `value` during the call only.
+    let status = unsafe {
+        match value {
+            Some(value) => proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()),
+            None => proxy_remove_header_map_value(map, name.as_ptr(), name.len()),
+        }
+    };
+    if status != OK {
+        log::warn!("flowgate: could not set header {name}: status {status}");
+    }
+}
+
+/// The first `size` bytes of a buffer; empty when there are none or on failure.
 pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
-    hostcalls::get_buffer(kind, 0, size).ok().flatten().unwrap_or_default()
+    let (mut data, mut size_out) = (null_mut(), 0);
+    // SAFETY: as in `header_map`.
+    let status = unsafe { proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut size_out) };
+    returned(status, data, size_out).unwrap_or_default()
 }
 
-pub fn property(path: Vec<&str>) -> Vec<u8> {
-    hostcalls::get_property(path).ok().flatten().unwrap_or_default()
+/// A property of the stream (`["response", "code_details"]`); empty when unknown.
+pub fn property(path: &[&str]) -> Vec<u8> {
+    let path = path.join("\0");
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in `header_map`; `path` outlives the call.
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    returned(status, data, size).unwrap_or_default()
+}
+
+/// Answers the sender with a local reply.
+pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8]) {
+    let headers = wire::encode_header_map(headers);
+    // SAFETY: the host copies every buffer during the call.
+    let result = unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    if result != OK {
+        log::warn!("flowgate: could not send reply: status {result}");
+    }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::reply::CODES;
@@ -57,22 +56,34 @@ impl Metrics {
 
     pub fn count(&self, name: &str) {
         if let Some(&id) = self.ids.get(name) {
-            let _ = hostcalls::increment_metric(id, 1);
+            // SAFETY: plain integers; a failure is only a lost count.
+            unsafe { proxy_increment_metric(id, 1) };
         }
     }
 
     pub fn set(&self, name: &str, value: u64) {
         if let Some(&id) = self.ids.get(name) {
-            let _ = hostcalls::record_metric(id, value);
+            // SAFETY: as above.
+            unsafe { proxy_record_metric(id, value) };
         }
     }
 }
 
+// The SDK's metric calls panic on unexpected statuses; these return them.
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_define_metric(kind: MetricType, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(id: u32, value: u64) -> u32;
+}
+
 fn define(ids: &mut HashMap<&'static str, u32>, short: &'static str, full: String, kind: MetricType) {
-    match hostcalls::define_metric(kind, &full) {
-        Ok(id) => {
+    let mut id = 0;
+    // SAFETY: the host reads `full` during the call and writes the id.
+    match unsafe { proxy_define_metric(kind, full.as_ptr(), full.len(), &mut id) } {
+        0 => {
             ids.insert(short, id);
         }
-        Err(status) => log::warn!("flowgate: could not define metric {full}: {status:?}"),
+        status => log::warn!("flowgate: could not define metric {full}: status {status}"),
     }
 }

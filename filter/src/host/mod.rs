@@ -2,9 +2,9 @@
 //! configuration and an HTTP context per request that applies the core's decisions.
 
 mod abi;
+mod http;
 mod metrics;
 mod root;
-mod stream;
 
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;

@@ -10,8 +10,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::abi;
+use super::http::Http;
 use super::metrics::{self, Metrics};
-use super::stream::Stream;
 use crate::config::{Directory, Flows, FlowsBuilder, PluginConfig};
 use crate::directory::{self, Loading, Published};
 
@@ -20,6 +20,8 @@ pub struct Edge {
     pub prefix: String,
     /// `None` while a live directory has never loaded and no static flows exist.
     pub flows: RefCell<Option<Rc<Flows>>>,
+    /// The configuration's `max_body_bytes`.
+    pub max_body_bytes: u64,
     pub metrics: Metrics,
 }
 
@@ -107,6 +109,7 @@ impl RootContext for Root {
         self.edge = Some(Rc::new(Edge {
             prefix: config.webhook_path_prefix,
             flows: RefCell::new(flows),
+            max_body_bytes: config.max_body_bytes,
             metrics,
         }));
         self.on_tick();
@@ -136,7 +139,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let edge = Rc::clone(self.edge.as_ref()?);
-        Some(Box::new(Stream::new(edge)))
+        Some(Box::new(Http::new(edge)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

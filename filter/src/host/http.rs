@@ -1,0 +1,124 @@
+//! The HTTP context: translates proxy-wasm callbacks into events of the core's
+//! [`Stream`] and its host calls into proxy-wasm calls. No decisions are made here.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+
+use super::abi;
+use super::root::Edge;
+use crate::reply::Reply;
+use crate::stream::{self, Host, Outcome, Site, Stream};
+
+pub struct Http {
+    edge: Rc<Edge>,
+    stream: Stream,
+}
+
+impl Http {
+    pub fn new(edge: Rc<Edge>) -> Self {
+        Http {
+            edge,
+            stream: Stream::default(),
+        }
+    }
+}
+
+/// The proxy-wasm side of a stream's host calls.
+struct Calls<'a>(&'a Edge);
+
+impl Host for Calls<'_> {
+    fn request_headers(&mut self) -> Option<Vec<u8>> {
+        abi::header_map(MapType::HttpRequestHeaders)
+    }
+
+    fn request_trailers(&mut self) -> Option<Vec<u8>> {
+        abi::header_map(MapType::HttpRequestTrailers)
+    }
+
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        abi::set_header(MapType::HttpRequestHeaders, name, value);
+    }
+
+    fn remove_request_trailer(&mut self, name: &str) {
+        abi::set_header(MapType::HttpRequestTrailers, name, None);
+    }
+
+    fn request_body(&mut self, size: usize) -> Vec<u8> {
+        abi::buffer(BufferType::HttpRequestBody, size)
+    }
+
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        abi::header(MapType::HttpResponseHeaders, name)
+    }
+
+    fn code_details(&mut self) -> Vec<u8> {
+        abi::property(&["response", "code_details"])
+    }
+
+    fn response_body(&mut self, size: usize) -> Vec<u8> {
+        abi::buffer(BufferType::HttpResponseBody, size)
+    }
+
+    fn send(&mut self, reply: &Reply) {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        abi::send_reply(reply.status, &headers, &reply.body);
+    }
+
+    fn count(&mut self, outcome: Outcome) {
+        if let Outcome::Refused(code) = outcome {
+            log::debug!("flowgate: refused: {code}");
+        }
+        self.0.metrics.count(outcome.name());
+    }
+}
+
+fn action(action: stream::Action) -> Action {
+    match action {
+        stream::Action::Continue => Action::Continue,
+        stream::Action::Pause => Action::Pause,
+    }
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        let edge = &*self.edge;
+        let flows = edge.flows.borrow();
+        let site = Site {
+            prefix: &edge.prefix,
+            flows: flows.as_deref(),
+            max_body_bytes: edge.max_body_bytes,
+        };
+        action(self.stream.on_request_headers(&mut Calls(edge), site, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        action(self.stream.on_request_body(&mut Calls(&self.edge), size, end_of_stream))
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        action(self.stream.on_request_trailers(&mut Calls(&self.edge)))
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        action(self.stream.on_response_headers(&mut Calls(&self.edge), end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.stream
+                .on_response_body(&mut Calls(&self.edge), size, end_of_stream),
+        )
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        action(self.stream.on_response_trailers(&mut Calls(&self.edge)))
+    }
+}

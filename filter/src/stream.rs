@@ -1,0 +1,455 @@
+//! One HTTP stream through the gate, as a state machine.
+//!
+//! The host (proxy-wasm in `host/`, a recorder in the tests) feeds it each event Envoy
+//! delivers — request headers, body, trailers, response headers, body, trailers — and
+//! does what it answers: continue or pause, plus the calls of [`Host`]. Every decision
+//! is made here, so every sequence of events is tested in-process (`stream/tests.rs`).
+//!
+//! Invariants, whatever the order and chunking of the events:
+//! - a refused request is never continued upstream; nothing is continued before the
+//!   request is decided (fail closed);
+//! - an admitted request is continued once its checks pass, without `Authorization`
+//!   and without any sender-supplied `x-flowgate-*` header, in headers or trailers;
+//! - an executor answer the stream holds ends as the rendered template or an envelope.
+
+use minijinja::Value;
+
+use crate::answer::{self, ExecutorHead, ResponsePlan};
+use crate::config::{Flows, Mode};
+use crate::gate::{self, Admission, RequestHead, Verdict};
+use crate::reply::{EdgeReply, Reply};
+use crate::wire;
+
+/// Largest executor answer flowgate holds to render a reply: Envoy's default
+/// `per_connection_buffer_limit_bytes`. A larger answer is refused by flowgate before
+/// Envoy's buffer overflows (which would answer Envoy's own plain-text 500).
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// A refused request whose announced body is at most this long (and within the flow's
+/// own limit, which Envoy's buffer is sized for) is read and dropped before the reply, so
+/// Envoy keeps the sender's HTTP/1.1 connection open. Longer bodies close the connection.
+pub const DRAIN_BYTES: u64 = 64 * 1024;
+
+/// What the host does with the event's data: pass it on, or hold it (buffering bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+/// The outcomes counted in the filter's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Admitted(Mode),
+    /// An admitted webhook answered with its template or the async acknowledgement.
+    Answered,
+    /// Refused or failed: the envelope's `error` code.
+    Refused(&'static str),
+}
+
+impl Outcome {
+    /// The metric's name: `flowgate.requests.<name>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Admitted(Mode::Sync) => "admitted_sync",
+            Outcome::Admitted(Mode::Async) => "admitted_async",
+            Outcome::Answered => "answered",
+            Outcome::Refused(code) => code,
+        }
+    }
+}
+
+/// The host calls a stream makes.
+pub trait Host {
+    /// The serialized request header map (`wire` layout); `None` when unreadable.
+    fn request_headers(&mut self) -> Option<Vec<u8>>;
+    /// The serialized request trailer map; `None` when unreadable.
+    fn request_trailers(&mut self) -> Option<Vec<u8>>;
+    /// Sets (`Some`) or removes (`None`) a request header.
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+    fn remove_request_trailer(&mut self, name: &str);
+    /// The first `size` bytes of the buffered request body.
+    fn request_body(&mut self, size: usize) -> Vec<u8>;
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Envoy's `response.code_details`: who made the response.
+    fn code_details(&mut self) -> Vec<u8>;
+    /// The first `size` bytes of the buffered response body.
+    fn response_body(&mut self, size: usize) -> Vec<u8>;
+    /// Answers the sender with a local reply.
+    fn send(&mut self, reply: &Reply);
+    fn count(&mut self, outcome: Outcome);
+}
+
+/// What every stream of a VM reads when a request head arrives.
+#[derive(Clone, Copy)]
+pub struct Site<'a> {
+    pub prefix: &'a str,
+    /// `None` while a live directory has never loaded and no static flows exist.
+    pub flows: Option<&'a Flows>,
+    /// The configuration's `max_body_bytes`: the drain limit where no flow is known.
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+#[derive(Debug, Default)]
+enum Phase {
+    /// No request head yet.
+    #[default]
+    Start,
+    /// Not a webhook: everything passes.
+    Passing,
+    /// Admitted; holding the request until its body has been checked.
+    ReadingRequest {
+        admission: Admission,
+        content_type: Option<Vec<u8>>,
+        received: usize,
+    },
+    /// Refused; reading the rest of a short announced body before answering.
+    Draining { refusal: EdgeReply, limit: u64 },
+    /// Handed to the executor; `request_body` is what templates see as `<ref_id>`.
+    Forwarded { admission: Admission, request_body: Value },
+    /// Holding the executor's 2xx answer to render the sender's reply.
+    ReadingAnswer {
+        admission: Admission,
+        request_body: Value,
+        status: u16,
+        received: usize,
+    },
+    /// The executor's answer passes to the sender unchanged.
+    PassingAnswer,
+    /// flowgate answered (or Envoy did, while flowgate held the request): the request
+    /// never continues, the reply passes back untouched.
+    Answered,
+}
+
+/// The state of one stream.
+#[derive(Debug, Default)]
+pub struct Stream {
+    phase: Phase,
+}
+
+impl Stream {
+    pub fn on_request_headers(&mut self, host: &mut impl Host, site: Site<'_>, end_of_stream: bool) -> Action {
+        if !matches!(self.phase, Phase::Start) {
+            // A head is decided once.
+            let phase = std::mem::take(&mut self.phase);
+            return self.keep(phase, Direction::Request);
+        }
+        let Some(map) = host.request_headers() else {
+            return self.refuse(host, EdgeReply::UnreadableRequest);
+        };
+        let Some(headers) = wire::decode_header_map(&map) else {
+            return self.refuse(host, EdgeReply::UnreadableRequest);
+        };
+        for (name, _) in headers.iter().filter(|(name, _)| gate::is_own_header(name)) {
+            match std::str::from_utf8(name) {
+                Ok(name) => host.set_request_header(name, None),
+                Err(_) => return self.refuse(host, EdgeReply::UnreadableRequest),
+            }
+        }
+        let head = RequestHead::from_headers(&headers);
+        let admission = match gate::decide(site.prefix, site.flows, &head) {
+            Verdict::Pass => {
+                host.count(Outcome::Passed);
+                self.phase = Phase::Passing;
+                return Action::Continue;
+            }
+            Verdict::Reply { reply, flow_id } => {
+                let flow_limit = site
+                    .flows
+                    .and_then(|flows| flows.get(flow_id))
+                    .map(|f| f.max_body_bytes);
+                let limit = DRAIN_BYTES.min(flow_limit.unwrap_or(site.max_body_bytes));
+                let drains = !end_of_stream
+                    && !head.expects_continue
+                    && !matches!(reply, EdgeReply::PayloadTooLarge { .. })
+                    && head.content_length.is_some_and(|length| length <= limit);
+                if drains {
+                    self.phase = Phase::Draining { refusal: reply, limit };
+                    return Action::Pause;
+                }
+                return self.refuse(host, reply);
+            }
+            Verdict::Admit(admission) => admission,
+        };
+        host.set_request_header("authorization", None);
+        for (name, value) in admission.forward_headers() {
+            host.set_request_header(name, Some(value));
+        }
+        if end_of_stream {
+            return self.finish_request(host, admission, head.content_type, &[]);
+        }
+        if admission.must_read_body(head.content_length) {
+            self.phase = Phase::ReadingRequest {
+                admission,
+                content_type: head.content_type.map(<[u8]>::to_vec),
+                received: 0,
+            };
+            return Action::Pause;
+        }
+        self.forward(host, admission, Value::UNDEFINED)
+    }
+
+    /// `size` is what Envoy holds of the body so far (all of it while paused).
+    pub fn on_request_body(&mut self, host: &mut impl Host, size: usize, end_of_stream: bool) -> Action {
+        match std::mem::take(&mut self.phase) {
+            Phase::Draining { refusal, limit } if end_of_stream || size as u64 > limit => self.refuse(host, refusal),
+            Phase::ReadingRequest {
+                admission,
+                content_type,
+                ..
+            } => {
+                if let Err(refusal) = admission.check_size(size as u64) {
+                    return self.refuse(host, refusal);
+                }
+                if end_of_stream {
+                    let body = host.request_body(size);
+                    return self.finish_request(host, admission, content_type.as_deref(), &body);
+                }
+                self.phase = Phase::ReadingRequest {
+                    admission,
+                    content_type,
+                    received: size,
+                };
+                Action::Pause
+            }
+            phase => self.keep(phase, Direction::Request),
+        }
+    }
+
+    /// Trailers end the request: the body callback never sees its end then.
+    pub fn on_request_trailers(&mut self, host: &mut impl Host) -> Action {
+        match std::mem::take(&mut self.phase) {
+            Phase::Draining { refusal, .. } => self.refuse(host, refusal),
+            Phase::ReadingRequest {
+                admission,
+                content_type,
+                received,
+            } => {
+                if !strip_trailers(host, true) {
+                    return self.refuse(host, EdgeReply::UnreadableRequest);
+                }
+                let body = host.request_body(received);
+                self.finish_request(host, admission, content_type.as_deref(), &body)
+            }
+            phase @ (Phase::Passing | Phase::Forwarded { .. } | Phase::ReadingAnswer { .. } | Phase::PassingAnswer) => {
+                let admitted = !matches!(phase, Phase::Passing);
+                if !strip_trailers(host, admitted) {
+                    return self.refuse(host, EdgeReply::UnreadableRequest);
+                }
+                self.phase = phase;
+                Action::Continue
+            }
+            phase => self.keep(phase, Direction::Request),
+        }
+    }
+
+    pub fn on_response_headers(&mut self, host: &mut impl Host, end_of_stream: bool) -> Action {
+        let (admission, request_body) = match std::mem::take(&mut self.phase) {
+            Phase::Forwarded {
+                admission,
+                request_body,
+            } => (admission, request_body),
+            Phase::ReadingRequest { .. } | Phase::Draining { .. } | Phase::Start => {
+                // Envoy answers itself while flowgate holds the request (its own 413 for a
+                // body over its buffer, a timeout): the request never continues.
+                self.phase = Phase::Answered;
+                return Action::Continue;
+            }
+            phase => return self.keep(phase, Direction::Response),
+        };
+        let status = host
+            .response_header(":status")
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
+            .unwrap_or(0);
+        let head = ExecutorHead::new(status, || host.code_details());
+        match answer::plan(&admission.flow, head) {
+            ResponsePlan::PassThrough => {
+                self.phase = Phase::PassingAnswer;
+                Action::Continue
+            }
+            ResponsePlan::Reply(fault) => self.refuse(host, fault),
+            ResponsePlan::ReadBody => {
+                let announced = host
+                    .response_header("content-length")
+                    .and_then(|s| std::str::from_utf8(&s).ok()?.trim().parse::<usize>().ok());
+                if announced.is_some_and(|length| length > MAX_ANSWER_BYTES) {
+                    return self.too_large(host, &admission, request_body, status);
+                }
+                self.phase = Phase::ReadingAnswer {
+                    admission,
+                    request_body,
+                    status,
+                    received: 0,
+                };
+                if end_of_stream {
+                    return self.on_response_body(host, 0, true);
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    pub fn on_response_body(&mut self, host: &mut impl Host, size: usize, end_of_stream: bool) -> Action {
+        match std::mem::take(&mut self.phase) {
+            Phase::ReadingAnswer {
+                admission,
+                request_body,
+                status,
+                ..
+            } if size > MAX_ANSWER_BYTES => self.too_large(host, &admission, request_body, status),
+            Phase::ReadingAnswer {
+                admission,
+                request_body,
+                status,
+                ..
+            } if end_of_stream => self.finish_answer(host, &admission, request_body, status, size),
+            Phase::ReadingAnswer {
+                admission,
+                request_body,
+                status,
+                ..
+            } => {
+                self.phase = Phase::ReadingAnswer {
+                    admission,
+                    request_body,
+                    status,
+                    received: size,
+                };
+                Action::Pause
+            }
+            phase => self.keep(phase, Direction::Response),
+        }
+    }
+
+    /// Trailers end the answer: a held one is replaced, its trailers dropped with it.
+    pub fn on_response_trailers(&mut self, host: &mut impl Host) -> Action {
+        match std::mem::take(&mut self.phase) {
+            Phase::ReadingAnswer {
+                admission,
+                request_body,
+                status,
+                received,
+            } => self.finish_answer(host, &admission, request_body, status, received),
+            phase => self.keep(phase, Direction::Response),
+        }
+    }
+
+    /// Leaves `phase` unchanged: request data continues only once the request was let
+    /// through, response data unless flowgate holds it.
+    fn keep(&mut self, phase: Phase, direction: Direction) -> Action {
+        let holds = match phase {
+            Phase::Start | Phase::ReadingRequest { .. } | Phase::Draining { .. } => direction == Direction::Request,
+            // Only the reply flowgate made (or Envoy's) is still to pass back.
+            Phase::Answered => direction == Direction::Request,
+            Phase::ReadingAnswer { .. } => direction == Direction::Response,
+            Phase::Passing | Phase::Forwarded { .. } | Phase::PassingAnswer => false,
+        };
+        self.phase = phase;
+        if holds {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn finish_request(
+        &mut self,
+        host: &mut impl Host,
+        admission: Admission,
+        content_type: Option<&[u8]>,
+        body: &[u8],
+    ) -> Action {
+        match admission.check_body(content_type, body) {
+            Ok(request_body) => self.forward(host, admission, request_body),
+            Err(refusal) => self.refuse(host, refusal),
+        }
+    }
+
+    fn forward(&mut self, host: &mut impl Host, admission: Admission, request_body: Value) -> Action {
+        host.count(Outcome::Admitted(admission.flow.mode));
+        self.phase = Phase::Forwarded {
+            admission,
+            request_body,
+        };
+        Action::Continue
+    }
+
+    fn finish_answer(
+        &mut self,
+        host: &mut impl Host,
+        admission: &Admission,
+        request_body: Value,
+        status: u16,
+        size: usize,
+    ) -> Action {
+        let output = host.response_body(size);
+        match answer::answer(&admission.flow, status, request_body, &output) {
+            Ok(reply) => {
+                host.count(Outcome::Answered);
+                self.send(host, &reply)
+            }
+            Err(fault) => self.refuse(host, fault),
+        }
+    }
+
+    /// An answer too large to hold: a sync flow's output is lost (502); an async run
+    /// was accepted all the same (2xx), so it is acknowledged without the executor's object.
+    fn too_large(&mut self, host: &mut impl Host, admission: &Admission, request_body: Value, status: u16) -> Action {
+        if admission.flow.mode == Mode::Async {
+            if let Ok(reply) = answer::answer(&admission.flow, status, request_body, &[]) {
+                host.count(Outcome::Answered);
+                return self.send(host, &reply);
+            }
+        }
+        self.refuse(
+            host,
+            EdgeReply::ExecutorError {
+                upstream_status: status,
+                detail: "flow executor output is too large",
+            },
+        )
+    }
+
+    fn refuse(&mut self, host: &mut impl Host, refusal: EdgeReply) -> Action {
+        host.count(Outcome::Refused(refusal.code()));
+        self.send(host, &refusal.reply())
+    }
+
+    fn send(&mut self, host: &mut impl Host, reply: &Reply) -> Action {
+        self.phase = Phase::Answered;
+        host.send(reply);
+        Action::Pause
+    }
+}
+
+/// Removes sender-supplied `x-flowgate-*` trailers, and `Authorization` too when the
+/// request goes to the executor; false when the trailers cannot be read.
+fn strip_trailers(host: &mut impl Host, admitted: bool) -> bool {
+    let Some(map) = host.request_trailers() else {
+        return false;
+    };
+    let Some(trailers) = wire::decode_header_map(&map) else {
+        return false;
+    };
+    for (name, _) in trailers {
+        let secret = admitted && name.eq_ignore_ascii_case(b"authorization");
+        if gate::is_own_header(name) || secret {
+            match std::str::from_utf8(name) {
+                Ok(name) => host.remove_request_trailer(name),
+                Err(_) => return false,
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;
