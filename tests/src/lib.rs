@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub mod h2;
 pub mod load;
 
 /// How long a process may take to become ready before a test gives up on it.
@@ -460,6 +461,10 @@ pub struct EnvoyOptions {
     pub route_timeout: Duration,
     /// Where the `flow_directory` cluster points; default: the executor.
     pub directory_port: Option<u16>,
+    /// The listener's and executor cluster's `per_connection_buffer_limit_bytes`.
+    pub buffer_limit: u64,
+    /// HTTP/1.1 trailers from the executor are kept (Envoy drops them by default).
+    pub executor_trailers: bool,
 }
 
 impl EnvoyOptions {
@@ -470,6 +475,8 @@ impl EnvoyOptions {
             concurrency: 2,
             route_timeout: Duration::from_secs(15),
             directory_port: None,
+            buffer_limit: BUFFER_LIMIT_BYTES,
+            executor_trailers: false,
         }
     }
 
@@ -495,6 +502,16 @@ impl EnvoyOptions {
         self.directory_port = Some(port);
         self
     }
+
+    pub fn buffer_limit(mut self, bytes: u64) -> EnvoyOptions {
+        self.buffer_limit = bytes;
+        self
+    }
+
+    pub fn executor_trailers(mut self) -> EnvoyOptions {
+        self.executor_trailers = true;
+        self
+    }
 }
 
 /// The per-connection buffer limit of envoy/envoy.yaml: the largest `max_body_bytes` (2 MiB).
@@ -516,7 +533,15 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
             }
         });
         if buffer_limit {
-            c["per_connection_buffer_limit_bytes"] = json!(BUFFER_LIMIT_BYTES);
+            c["per_connection_buffer_limit_bytes"] = json!(opts.buffer_limit);
+            if opts.executor_trailers {
+                c["typed_extension_protocol_options"] = json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}}
+                    }
+                });
+            }
         }
         c
     };
@@ -527,7 +552,7 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
             "listeners": [{
                 "name": "flowgate",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
+                "per_connection_buffer_limit_bytes": opts.buffer_limit,
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
@@ -858,6 +883,19 @@ pub fn send_chunked(port: u16, method: &str, raw_path: &str, headers: &[(&str, &
 /// Sends bytes exactly as given and reads one response.
 pub fn send_raw(port: u16, request: &[u8]) -> Response {
     exchange(port, request).unwrap_or_else(|e| panic!("raw request on 127.0.0.1:{port}: {e}"))
+}
+
+/// Writes `request` (perhaps a head without the body it announces) and reads the first final
+/// answer, skipping interim `1xx` ones, while the connection stays open.
+pub fn send_withholding_body(port: u16, request: &[u8]) -> Response {
+    let mut connection = Connection::open(port).expect("connect");
+    connection.reader.get_mut().write_all(request).expect("write request");
+    loop {
+        let response = read_response(&mut connection.reader).expect("an answer without the body");
+        if !(100..200).contains(&response.status) {
+            return response;
+        }
+    }
 }
 
 fn request_head(method: &str, raw_path: &str, headers: &[(&str, &str)], close: bool) -> String {

@@ -703,15 +703,14 @@ fn refusals_keep_the_connection_alive() {
     let stack = Stack::demo();
     let mut connection = Connection::open(stack.envoy.port()).expect("connect");
     let token = bearer("f-1001");
-    let f1005 = bearer("f-1005");
     let f1002 = bearer("f-1002");
-    // (method, path, authorization, body, expected status)
+    // (method, path, authorization, body, expected status). A 413 decided from Content-Length
+    // is answered without waiting for the body (CONTRACT 6), so its connection closes.
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], u16);
-    let refusals: [Case; 5] = [
+    let refusals: [Case; 4] = [
         ("POST", "/v1/flow-webhook/f-1001", None, BODY, 401),
         ("POST", "/v1/flow-webhook/f-9999", Some(&token), BODY, 404),
         ("PUT", "/v1/flow-webhook/f-1001", Some(&token), BODY, 405),
-        ("POST", "/v1/flow-webhook/f-1005", Some(&f1005), &json_of_len(1025), 413),
         ("POST", "/v1/flow-webhook/f-1002", Some(&f1002), BODY, 200),
     ];
     for (method, path, auth, body, status) in refusals {

@@ -3,13 +3,13 @@
 
 mod abi;
 mod http;
+mod logger;
 mod metrics;
 mod root;
 
 use proxy_wasm::traits::RootContext;
-use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    logger::init();
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::Root::default()) });
 }}

@@ -244,11 +244,8 @@ impl DirectoryClient {
     }
 }
 
-/// Levels Envoy would drop are then not even formatted.
 fn follow_host_log_level() {
-    if let Ok(level) = hostcalls::get_log_level() {
-        proxy_wasm::set_log_level(level);
-    }
+    super::logger::follow_host_level();
 }
 
 fn read_published() -> Published {
