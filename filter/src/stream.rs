@@ -14,8 +14,12 @@
 
 use minijinja::Value;
 
+mod host;
+
+pub use host::{Action, Host, Outcome, Site};
+
 use crate::answer::{self, ExecutorHead, ResponsePlan};
-use crate::config::{Flows, Mode};
+use crate::config::Mode;
 use crate::gate::{self, Admission, RequestHead, Verdict};
 use crate::reply::{EdgeReply, Reply};
 use crate::wire;
@@ -29,68 +33,6 @@ pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// own limit, which Envoy's buffer is sized for) is read and dropped before the reply, so
 /// Envoy keeps the sender's HTTP/1.1 connection open. Longer bodies close the connection.
 pub const DRAIN_BYTES: u64 = 64 * 1024;
-
-/// What the host does with the event's data: pass it on, or hold it (buffering bodies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Continue,
-    Pause,
-}
-
-/// The outcomes counted in the filter's metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Passed,
-    Admitted(Mode),
-    /// An admitted webhook answered with its template or the async acknowledgement.
-    Answered,
-    /// Refused or failed: the envelope's `error` code.
-    Refused(&'static str),
-}
-
-impl Outcome {
-    /// The metric's name: `flowgate.requests.<name>`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Passed => "passed",
-            Outcome::Admitted(Mode::Sync) => "admitted_sync",
-            Outcome::Admitted(Mode::Async) => "admitted_async",
-            Outcome::Answered => "answered",
-            Outcome::Refused(code) => code,
-        }
-    }
-}
-
-/// The host calls a stream makes.
-pub trait Host {
-    /// The serialized request header map (`wire` layout); `None` when unreadable.
-    fn request_headers(&mut self) -> Option<Vec<u8>>;
-    /// The serialized request trailer map; `None` when unreadable.
-    fn request_trailers(&mut self) -> Option<Vec<u8>>;
-    /// Sets (`Some`) or removes (`None`) a request header.
-    fn set_request_header(&mut self, name: &str, value: Option<&str>);
-    fn remove_request_trailer(&mut self, name: &str);
-    /// The first `size` bytes of the buffered request body.
-    fn request_body(&mut self, size: usize) -> Vec<u8>;
-    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
-    /// Envoy's `response.code_details`: who made the response.
-    fn code_details(&mut self) -> Vec<u8>;
-    /// The first `size` bytes of the buffered response body.
-    fn response_body(&mut self, size: usize) -> Vec<u8>;
-    /// Answers the sender with a local reply.
-    fn send(&mut self, reply: &Reply);
-    fn count(&mut self, outcome: Outcome);
-}
-
-/// What every stream of a VM reads when a request head arrives.
-#[derive(Clone, Copy)]
-pub struct Site<'a> {
-    pub prefix: &'a str,
-    /// `None` while a live directory has never loaded and no static flows exist.
-    pub flows: Option<&'a Flows>,
-    /// The configuration's `max_body_bytes`: the drain limit where no flow is known.
-    pub max_body_bytes: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {

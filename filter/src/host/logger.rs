@@ -38,10 +38,11 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-/// Installs the logger (once per VM) at Envoy's current level.
+/// Installs the logger at `info` (once per VM, from `_initialize`, where Envoy allows no
+/// host calls; `follow_host_level` runs once the plugin is configured).
 pub fn init() {
     let _ = log::set_logger(&LOGGER);
-    follow_host_level();
+    log::set_max_level(log::LevelFilter::Info);
 }
 
 /// Takes Envoy's current log level for this module's lines.
