@@ -71,3 +71,42 @@ pub fn send_with_trailers(
         }
     })
 }
+
+/// Serves h2c on a free port until the process ends, answering every request `200` with
+/// `content-type: application/json`, `body` and a trailer; returns the port.
+pub fn serve_with_trailers(body: &'static [u8]) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                        let answer = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/json")
+                            .body(())
+                            .expect("answer");
+                        let Ok(mut stream) = respond.send_response(answer, false) else {
+                            continue;
+                        };
+                        let _ = stream.send_data(Bytes::from_static(body), false);
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("x-run-digest", HeaderValue::from_static("abc"));
+                        let _ = stream.send_trailers(trailers);
+                    }
+                });
+            }
+        });
+    });
+    port
+}

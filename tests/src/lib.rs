@@ -463,8 +463,16 @@ pub struct EnvoyOptions {
     pub directory_port: Option<u16>,
     /// The listener's and executor cluster's `per_connection_buffer_limit_bytes`.
     pub buffer_limit: u64,
-    /// HTTP/1.1 trailers from the executor are kept (Envoy drops them by default).
-    pub executor_trailers: bool,
+    /// How Envoy speaks to the executor: HTTP/1.1 (default), HTTP/1.1 keeping trailers
+    /// (Envoy drops them by default), or HTTP/2.
+    pub executor_protocol: ExecutorProtocol,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ExecutorProtocol {
+    Http1,
+    Http1WithTrailers,
+    Http2,
 }
 
 impl EnvoyOptions {
@@ -476,7 +484,7 @@ impl EnvoyOptions {
             route_timeout: Duration::from_secs(15),
             directory_port: None,
             buffer_limit: BUFFER_LIMIT_BYTES,
-            executor_trailers: false,
+            executor_protocol: ExecutorProtocol::Http1,
         }
     }
 
@@ -508,8 +516,8 @@ impl EnvoyOptions {
         self
     }
 
-    pub fn executor_trailers(mut self) -> EnvoyOptions {
-        self.executor_trailers = true;
+    pub fn executor_protocol(mut self, protocol: ExecutorProtocol) -> EnvoyOptions {
+        self.executor_protocol = protocol;
         self
     }
 }
@@ -534,11 +542,18 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
         });
         if buffer_limit {
             c["per_connection_buffer_limit_bytes"] = json!(opts.buffer_limit);
-            if opts.executor_trailers {
+            let explicit = match opts.executor_protocol {
+                ExecutorProtocol::Http1 => None,
+                ExecutorProtocol::Http1WithTrailers => {
+                    Some(json!({"http_protocol_options": {"enable_trailers": true}}))
+                }
+                ExecutorProtocol::Http2 => Some(json!({"http2_protocol_options": {}})),
+            };
+            if let Some(explicit) = explicit {
                 c["typed_extension_protocol_options"] = json!({
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}}
+                        "explicit_http_config": explicit
                     }
                 });
             }

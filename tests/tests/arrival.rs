@@ -184,20 +184,24 @@ fn post(envoy: &Envoy, flow_id: &str) -> Response {
 
 #[test]
 fn executor_answers_with_trailers_are_rendered_not_passed() {
-    let output = r#"{"res1":{"value":"myResult"}}"#;
-    let upstream = Upstream::answering(chunked_with_trailers(output));
-    let config = plugin_config_for(&demo_flows());
-    let envoy = Envoy::start(EnvoyOptions::new(config, upstream.port).executor_trailers());
-    let response = post(&envoy, "f-1001");
-    assert_eq!(
-        (response.status, response.text()),
-        (200, r#"{"valid": "myResult"}"#.to_string())
-    );
-    let response = post(&envoy, "f-1003");
-    assert_eq!(response.status, 200);
-    assert_eq!(response.json()["message"], "Flow run scheduled");
-    assert_eq!(response.json()["data"], json!({"res1": {"value": "myResult"}}));
-    assert_eq!(upstream.requests.load(Ordering::SeqCst), 2);
+    const OUTPUT: &str = r#"{"res1":{"value":"myResult"}}"#;
+    let http1 = Upstream::answering(chunked_with_trailers(OUTPUT));
+    let http2 = h2::serve_with_trailers(OUTPUT.as_bytes());
+    for (port, protocol) in [
+        (http1.port, ExecutorProtocol::Http1WithTrailers),
+        (http2, ExecutorProtocol::Http2),
+    ] {
+        let config = plugin_config_for(&demo_flows());
+        let envoy = Envoy::start(EnvoyOptions::new(config, port).executor_protocol(protocol));
+        let response = post(&envoy, "f-1001");
+        let rendered = (200, r#"{"valid": "myResult"}"#.to_string());
+        assert_eq!((response.status, response.text()), rendered, "{protocol:?}");
+        let response = post(&envoy, "f-1003");
+        assert_eq!(response.status, 200, "{protocol:?}");
+        assert_eq!(response.json()["message"], "Flow run scheduled");
+        assert_eq!(response.json()["data"], json!({"res1": {"value": "myResult"}}));
+    }
+    assert_eq!(http1.requests.load(Ordering::SeqCst), 2);
 }
 
 #[test]
