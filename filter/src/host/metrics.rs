@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+
+use super::abi;
 
 use crate::reply::CODES;
 
@@ -57,22 +58,22 @@ impl Metrics {
 
     pub fn count(&self, name: &str) {
         if let Some(&id) = self.ids.get(name) {
-            let _ = hostcalls::increment_metric(id, 1);
+            abi::increment_metric(id, 1);
         }
     }
 
     pub fn set(&self, name: &str, value: u64) {
         if let Some(&id) = self.ids.get(name) {
-            let _ = hostcalls::record_metric(id, value);
+            abi::record_metric(id, value);
         }
     }
 }
 
 fn define(ids: &mut HashMap<&'static str, u32>, short: &'static str, full: String, kind: MetricType) {
-    match hostcalls::define_metric(kind, &full) {
-        Ok(id) => {
+    match abi::define_metric(kind, &full) {
+        Some(id) => {
             ids.insert(short, id);
         }
-        Err(status) => log::warn!("flowgate: could not define metric {full}: {status:?}"),
+        None => log::warn!("flowgate: could not define metric {full}"),
     }
 }
