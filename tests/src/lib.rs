@@ -460,6 +460,11 @@ pub struct EnvoyOptions {
     pub route_timeout: Duration,
     /// Where the `flow_directory` cluster points; default: the executor.
     pub directory_port: Option<u16>,
+    /// Runtime keys of a static layer (`layered_runtime`), e.g. `http.async_response_buffer_limit`.
+    pub runtime: Vec<(String, Value)>,
+    /// The listener comes from a file through LDS, on a fixed port, so that a test can change it
+    /// while Envoy runs ([`Envoy::update_listener`]).
+    pub listener_from_file: bool,
 }
 
 impl EnvoyOptions {
@@ -470,6 +475,8 @@ impl EnvoyOptions {
             concurrency: 2,
             route_timeout: Duration::from_secs(15),
             directory_port: None,
+            runtime: Vec::new(),
+            listener_from_file: false,
         }
     }
 
@@ -493,6 +500,16 @@ impl EnvoyOptions {
 
     pub fn directory_port(mut self, port: u16) -> EnvoyOptions {
         self.directory_port = Some(port);
+        self
+    }
+
+    pub fn runtime(mut self, key: &str, value: Value) -> EnvoyOptions {
+        self.runtime.push((key.to_string(), value));
+        self
+    }
+
+    pub fn listener_from_file(mut self) -> EnvoyOptions {
+        self.listener_from_file = true;
         self
     }
 }
@@ -521,7 +538,7 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
         c
     };
     let timeout = format!("{:.3}s", opts.route_timeout.as_secs_f64());
-    json!({
+    let mut bootstrap = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [{
@@ -562,7 +579,12 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
                 cluster("flow_directory", opts.directory_port.unwrap_or(opts.executor_port), false),
             ]
         }
-    })
+    });
+    if !opts.runtime.is_empty() {
+        let layer: serde_json::Map<String, Value> = opts.runtime.iter().cloned().collect();
+        bootstrap["layered_runtime"] = json!({"layers": [{"name": "static", "static_layer": layer}]});
+    }
+    bootstrap
 }
 
 /// A running Envoy with the filter. Killed on drop.
@@ -590,11 +612,20 @@ impl Launch {
     fn new(opts: &EnvoyOptions) -> Launch {
         let dir = TempDir::new("envoy");
         let config = dir.path().join("envoy.json");
-        fs::write(
-            &config,
-            serde_json::to_vec_pretty(&envoy_bootstrap(opts)).expect("json"),
-        )
-        .expect("write envoy bootstrap");
+        let mut bootstrap = envoy_bootstrap(opts);
+        if opts.listener_from_file {
+            let lds = dir.path().join("lds.json");
+            let mut listener = bootstrap["static_resources"]["listeners"][0].take();
+            listener["address"]["socket_address"]["port_value"] = json!(free_port());
+            listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+            let resources = json!({"version_info": "1", "resources": [listener]});
+            fs::write(&lds, serde_json::to_vec_pretty(&resources).expect("json")).expect("write lds.json");
+            bootstrap["static_resources"]["listeners"] = json!([]);
+            bootstrap["node"] = json!({"id": "flowgate-e2e", "cluster": "flowgate-e2e"});
+            bootstrap["dynamic_resources"] =
+                json!({"lds_config": {"path_config_source": {"path": lds}, "resource_api_version": "V3"}});
+        }
+        fs::write(&config, serde_json::to_vec_pretty(&bootstrap).expect("json")).expect("write envoy bootstrap");
         let log = fs::File::create(dir.path().join("envoy.log")).expect("create envoy log");
         let child = Command::new(envoy_binary())
             .arg("-c")
@@ -742,6 +773,34 @@ impl Envoy {
     /// Sends a raw HTTP/1.1 request to the listener (see [`send`]).
     pub fn send(&self, method: &str, raw_path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
         send(self.port, method, raw_path, headers, body)
+    }
+
+    /// Changes the listener of an Envoy started with [`EnvoyOptions::listener_from_file`] (a new
+    /// version of its LDS file, moved into place) and returns once Envoy has taken it.
+    pub fn update_listener(&self, change: impl FnOnce(&mut Value)) {
+        let lds = self.launch.dir.path().join("lds.json");
+        let mut resources: Value = serde_json::from_slice(&fs::read(&lds).expect("read lds.json")).expect("lds.json");
+        change(&mut resources["resources"][0]);
+        let version = resources["version_info"]
+            .as_str()
+            .unwrap_or("1")
+            .parse::<u64>()
+            .unwrap_or(1)
+            + 1;
+        resources["version_info"] = json!(version.to_string());
+        let updates = self.stat("listener_manager.lds.update_success");
+        let staged = self.launch.dir.path().join("lds.json.new");
+        fs::write(&staged, serde_json::to_vec_pretty(&resources).expect("json")).expect("write lds.json.new");
+        fs::rename(&staged, &lds).expect("move lds.json into place");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.stat("listener_manager.lds.update_success") <= updates {
+            assert!(
+                Instant::now() < deadline,
+                "Envoy did not take the new listener:\n{}",
+                self.log()
+            );
+            sleep(Duration::from_millis(20));
+        }
     }
 }
 
