@@ -4,7 +4,8 @@
 //! a compare-and-swap on shared data); it checks and indexes the document once and
 //! publishes it with a generation number, and every VM loads a generation it has not seen
 //! yet, a step at a time. [`document`] is the document and its index, [`shared`] what the
-//! VMs share, [`sync`] the state machine that `host/root.rs` drives.
+//! VMs share, [`sync`] the state machine that `host/root.rs` drives and [`protocol`] the
+//! events and commands between them.
 
 pub mod document;
 pub mod protocol;

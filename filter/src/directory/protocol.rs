@@ -21,7 +21,9 @@ pub enum Access {
     LoadDocument,
     PublishDocument,
     /// Writes an empty generation 0 where no document is stored yet, so that publishing
-    /// is always a compare-and-swap (Envoy's CAS does not guard a key that is absent).
+    /// is always a compare-and-swap (Envoy's CAS does not guard a key that is absent). Only
+    /// a VM stalled between reading "absent" and this write, while another publishes the
+    /// first generation, could still overwrite that; the next publication repairs it.
     CreateDocument,
     Mirror,
 }

@@ -48,6 +48,8 @@ struct Publication {
     created: bool,
 }
 
+/// One VM's directory sync: what it serves, what it has seen published, and the fetch,
+/// publication or load it has under way.
 pub struct Sync {
     source: Directory,
     builder: FlowsBuilder,
