@@ -23,7 +23,8 @@ pub enum Access {
     /// Writes an empty generation 0 where no document is stored yet, so that publishing
     /// is always a compare-and-swap (Envoy's CAS does not guard a key that is absent). Only
     /// a VM stalled between reading "absent" and this write, while another publishes the
-    /// first generation, could still overwrite that; the next publication repairs it.
+    /// first generation, could still overwrite that; the VMs then reset the published record
+    /// to it, and the next fetch (without an ETag) publishes again.
     CreateDocument,
     Mirror,
 }

@@ -60,10 +60,9 @@ impl Sync {
         let Some((record, indexed)) = stored.value.and_then(shared::open) else {
             return Vec::new();
         };
-        if record.generation == 0 {
-            return Vec::new();
-        }
         let mut out = Vec::new();
+        // The record follows the document, even back to an empty generation 0: the next fetch
+        // then goes without the ETag of a document that is no longer stored.
         if self.mirror.as_ref() != Some(&record) {
             out.push(Command::Write {
                 access: Access::Mirror,
@@ -71,7 +70,7 @@ impl Sync {
                 cas: self.mirror_cas,
             });
         }
-        if self.seen.as_ref() == Some(&record) {
+        if record.generation == 0 || self.seen.as_ref() == Some(&record) {
             return out;
         }
         let previous = self

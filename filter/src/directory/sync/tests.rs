@@ -415,6 +415,21 @@ fn a_record_that_disagrees_with_the_stored_document_is_repaired() {
 }
 
 #[test]
+fn a_document_overwritten_by_an_empty_one_is_fetched_and_published_again() {
+    let (mut process, mut a, mut b) = started();
+    process.answer(&mut a, Some(200), "\"v1\"", document(&[("f-1", "live")], 0));
+    let empty = shared::store(Vec::new(), &Published::default());
+    assert!(process.write(Key::Document, empty, 0));
+    let (_, fetching) = process.until_fetch(&mut a, &mut b);
+    assert_eq!(if_none_match(fetching), None, "no ETag of a document that is gone");
+    process.answer(fetching, Some(200), "\"v1\"", document(&[("f-1", "paused")], 0));
+    process.advance(&mut [&mut a, &mut b], 50);
+    assert_eq!(process.stored_record().unwrap().generation, 1);
+    assert_eq!(status(&a, "f-1"), Some(FlowStatus::Paused));
+    assert_eq!(status(&b, "f-1"), Some(FlowStatus::Paused));
+}
+
+#[test]
 fn answers_that_are_not_flow_lists_keep_the_last_good_set() {
     let (mut process, mut a, mut b) = started();
     process.answer(&mut a, Some(200), "\"v1\"", document(&[("f-1", "live")], 0));
