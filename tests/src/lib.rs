@@ -466,6 +466,11 @@ pub struct EnvoyOptions {
     /// How Envoy speaks to the executor: HTTP/1.1 (default), HTTP/1.1 keeping trailers
     /// (Envoy drops them by default), or HTTP/2.
     pub executor_protocol: ExecutorProtocol,
+    /// Runtime keys of a static layer (`layered_runtime`), e.g. `http.async_response_buffer_limit`.
+    pub runtime: Vec<(String, Value)>,
+    /// The listener comes from a file through LDS, on a fixed port, so that a test can change it
+    /// while Envoy runs ([`Envoy::update_listener`]).
+    pub listener_from_file: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -485,6 +490,8 @@ impl EnvoyOptions {
             directory_port: None,
             buffer_limit: BUFFER_LIMIT_BYTES,
             executor_protocol: ExecutorProtocol::Http1,
+            runtime: Vec::new(),
+            listener_from_file: false,
         }
     }
 
@@ -518,6 +525,16 @@ impl EnvoyOptions {
 
     pub fn executor_protocol(mut self, protocol: ExecutorProtocol) -> EnvoyOptions {
         self.executor_protocol = protocol;
+        self
+    }
+
+    pub fn runtime(mut self, key: &str, value: Value) -> EnvoyOptions {
+        self.runtime.push((key.to_string(), value));
+        self
+    }
+
+    pub fn listener_from_file(mut self) -> EnvoyOptions {
+        self.listener_from_file = true;
         self
     }
 }
@@ -561,7 +578,7 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
         c
     };
     let timeout = format!("{:.3}s", opts.route_timeout.as_secs_f64());
-    json!({
+    let mut bootstrap = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [{
@@ -602,7 +619,12 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
                 cluster("flow_directory", opts.directory_port.unwrap_or(opts.executor_port), false),
             ]
         }
-    })
+    });
+    if !opts.runtime.is_empty() {
+        let layer: serde_json::Map<String, Value> = opts.runtime.iter().cloned().collect();
+        bootstrap["layered_runtime"] = json!({"layers": [{"name": "static", "static_layer": layer}]});
+    }
+    bootstrap
 }
 
 /// A running Envoy with the filter. Killed on drop.
@@ -630,11 +652,20 @@ impl Launch {
     fn new(opts: &EnvoyOptions) -> Launch {
         let dir = TempDir::new("envoy");
         let config = dir.path().join("envoy.json");
-        fs::write(
-            &config,
-            serde_json::to_vec_pretty(&envoy_bootstrap(opts)).expect("json"),
-        )
-        .expect("write envoy bootstrap");
+        let mut bootstrap = envoy_bootstrap(opts);
+        if opts.listener_from_file {
+            let lds = dir.path().join("lds.json");
+            let mut listener = bootstrap["static_resources"]["listeners"][0].take();
+            listener["address"]["socket_address"]["port_value"] = json!(free_port());
+            listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+            let resources = json!({"version_info": "1", "resources": [listener]});
+            fs::write(&lds, serde_json::to_vec_pretty(&resources).expect("json")).expect("write lds.json");
+            bootstrap["static_resources"]["listeners"] = json!([]);
+            bootstrap["node"] = json!({"id": "flowgate-e2e", "cluster": "flowgate-e2e"});
+            bootstrap["dynamic_resources"] =
+                json!({"lds_config": {"path_config_source": {"path": lds}, "resource_api_version": "V3"}});
+        }
+        fs::write(&config, serde_json::to_vec_pretty(&bootstrap).expect("json")).expect("write envoy bootstrap");
         let log = fs::File::create(dir.path().join("envoy.log")).expect("create envoy log");
         let child = Command::new(envoy_binary())
             .arg("-c")
@@ -782,6 +813,34 @@ impl Envoy {
     /// Sends a raw HTTP/1.1 request to the listener (see [`send`]).
     pub fn send(&self, method: &str, raw_path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
         send(self.port, method, raw_path, headers, body)
+    }
+
+    /// Changes the listener of an Envoy started with [`EnvoyOptions::listener_from_file`] (a new
+    /// version of its LDS file, moved into place) and returns once Envoy has taken it.
+    pub fn update_listener(&self, change: impl FnOnce(&mut Value)) {
+        let lds = self.launch.dir.path().join("lds.json");
+        let mut resources: Value = serde_json::from_slice(&fs::read(&lds).expect("read lds.json")).expect("lds.json");
+        change(&mut resources["resources"][0]);
+        let version = resources["version_info"]
+            .as_str()
+            .unwrap_or("1")
+            .parse::<u64>()
+            .unwrap_or(1)
+            + 1;
+        resources["version_info"] = json!(version.to_string());
+        let updates = self.stat("listener_manager.lds.update_success");
+        let staged = self.launch.dir.path().join("lds.json.new");
+        fs::write(&staged, serde_json::to_vec_pretty(&resources).expect("json")).expect("write lds.json.new");
+        fs::rename(&staged, &lds).expect("move lds.json into place");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.stat("listener_manager.lds.update_success") <= updates {
+            assert!(
+                Instant::now() < deadline,
+                "Envoy did not take the new listener:\n{}",
+                self.log()
+            );
+            sleep(Duration::from_millis(20));
+        }
     }
 }
 

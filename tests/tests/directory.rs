@@ -751,7 +751,8 @@ fn rotating_a_token_in_the_directory_takes_effect() {
 }
 
 /// CONTRACT 4: a failed fetch (500), an answer that is not JSON, and JSON that is not a flow list
-/// all keep the last good set, and each counts `directory.fetch_failed`.
+/// all keep the last good set, and each counts `directory.fetch_failed`. Failed fetches back off,
+/// so the unchanged directory (a 304) is served between two bad answers to reset the interval.
 #[test]
 fn a_failing_or_garbage_directory_keeps_the_last_good_set() {
     let executor = Executor::demo();
@@ -759,16 +760,25 @@ fn a_failing_or_garbage_directory_keeps_the_last_good_set() {
     let envoy = directory_stack(&executor, Some(server.port));
     wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
     let (f1001, f1003) = (token("f-1001"), token("f-1003"));
-    // Each bad answer replaces the previous one directly, so no good fetch slips in between.
+    // The loaded directory, served again between bad answers: a 304 that keeps the set and
+    // resets the backoff of failed fetches, so that no good fetch with the changes slips in.
+    let loaded = send(executor.port(), "GET", "/v1/flows", &[], b"");
+    let unchanged = fixed(loaded.body.clone(), loaded.header("etag").expect("an ETag"));
     type Apply<'a> = Box<dyn Fn() + 'a>;
     let bad_answers: Vec<(&str, Apply)> = vec![
         (
             "500",
-            Box::new(|| executor.set_directory_fault(json!({"mode": "status", "status": 500}))),
+            Box::new(|| {
+                executor.set_directory_fault(json!({"mode": "status", "status": 500}));
+                server.set(Answer::Relay(executor.port()));
+            }),
         ),
         (
             "garbage (not JSON)",
-            Box::new(|| executor.set_directory_fault(json!({"mode": "garbage"}))),
+            Box::new(|| {
+                executor.set_directory_fault(json!({"mode": "garbage"}));
+                server.set(Answer::Relay(executor.port()));
+            }),
         ),
         (
             "JSON, flows not an array",
@@ -793,6 +803,13 @@ fn a_failing_or_garbage_directory_keeps_the_last_good_set() {
     ];
     let ok_before = envoy.stat(&stat("directory.fetch_ok"));
     for (index, (what, apply)) in bad_answers.iter().enumerate() {
+        if index > 0 {
+            let not_modified = envoy.stat(&stat("directory.fetch_not_modified"));
+            server.set(unchanged.clone());
+            wait_for(&format!("{what}: a 304 before it"), WAIT, || {
+                (envoy.stat(&stat("directory.fetch_not_modified")) > not_modified).then_some(())
+            });
+        }
         apply();
         if index == 0 {
             // The directory changes (f-1001 paused, f-1003 gone), but none of the answers carries it.
@@ -1306,4 +1323,203 @@ fn a_directory_of_100k_flows_loads_without_stalling_requests() {
     let response = webhook(&envoy, "g-000000", Some(shared_token));
     assert_rejected(&response, 502, "executor_error");
     assert_rejected(&webhook(&envoy, "g-100000", Some(shared_token)), 404, "not_found");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures, new VMs and new configurations
+// ---------------------------------------------------------------------------------------------
+
+/// Envoy's wasm counters that stay 0 unless a VM failed and was rebuilt (FAIL_RELOAD).
+const VM_RELOADS: [&str; 2] = ["wasm.flowgate.vm_reload", "wasm.flowgate.vm_reload_success"];
+
+/// The executor's directory document, with `changes` merged into some of its flows and
+/// `generated` more live flows (ids `g-000000`...) sharing one token.
+fn big_directory(executor: &Executor, changes: &[(&str, Value)], generated: usize) -> Vec<u8> {
+    let small = send(executor.port(), "GET", "/v1/flows", &[], b"").body;
+    let mut document = serde_json::from_slice::<Value>(&small).expect("the executor's directory");
+    let flows = document["flows"].as_array_mut().expect("flows");
+    for (id, patch) in changes {
+        let flow = flows.iter_mut().find(|f| f["id"] == *id).expect("demo flow");
+        for (key, value) in patch.as_object().expect("patch is an object") {
+            flow[key] = value.clone();
+        }
+    }
+    let digest = sha256_hex("generated-flows-token-3e1f0a9d8c7b6a5f4e3d2c1b0a99887766554433");
+    flows.extend(
+        (0..generated)
+            .map(|i| json!({"id": format!("g-{i:06}"), "ref_id": "w", "status": "live", "token_sha256": [digest]})),
+    );
+    serde_json::to_vec(&document).expect("serialise")
+}
+
+fn fixed(body: Vec<u8>, etag: &str) -> Answer {
+    Answer::Fixed {
+        status: 200,
+        body: Arc::new(body),
+        etag: Some(etag.into()),
+    }
+}
+
+/// Issue 11: Envoy keeps at most `http.async_response_buffer_limit` bytes of a
+/// `dispatch_http_call` answer (32 MiB by default; 64 KiB here). A larger directory ends the call
+/// without response headers: the fetch fails (no VM trap, `fetch_failed` counts), the last good
+/// set keeps serving, and the next fetches back off (refresh_ms · 2^n) instead of downloading
+/// the whole document again every interval. An answer resets the interval.
+#[test]
+fn a_directory_over_envoys_answer_limit_fails_without_trapping_and_backs_off() {
+    const LIMIT: u64 = 64 * 1024;
+    let executor = Executor::demo();
+    let server = DirectoryServer::bind(0, fixed(big_directory(&executor, &[], 0), "\"small\""));
+    let options = EnvoyOptions::new(directory_config(REFRESH_MS, None), executor.port())
+        .directory_port(server.port)
+        .runtime("http.async_response_buffer_limit", json!(LIMIT));
+    let envoy = Envoy::start(options);
+    let f1001 = token("f-1001");
+    until_streak(
+        "the small directory loads",
+        Instant::now(),
+        WAIT,
+        || webhook(&envoy, "f-1001", Some(&f1001)),
+        seed_ok,
+    );
+    let big = big_directory(&executor, &[("f-1001", json!({"status": "paused"}))], 2_000);
+    assert!(big.len() as u64 > 4 * LIMIT, "{} bytes", big.len());
+    let failed_before = envoy.stat(&stat("directory.fetch_failed"));
+    let served = Instant::now();
+    server.set(fixed(big, "\"big\""));
+
+    let window = Duration::from_secs(20);
+    thread::sleep(window);
+    let fetches: Vec<Fetch> = server.fetches().into_iter().filter(|f| f.at >= served).collect();
+    let failed = envoy.stat(&stat("directory.fetch_failed")) - failed_before;
+    println!(
+        "over the limit: {} fetches in {} s (refresh_ms {REFRESH_MS}), fetch_failed +{failed}: {}",
+        fetches.len(),
+        window.as_secs(),
+        timeline(&server, served)
+    );
+    for name in VM_RELOADS {
+        assert_eq!(envoy.stat(name), 0, "{name}: a VM failed");
+    }
+    let log = envoy.log();
+    assert!(!log.contains("unexpected status"), "the VM trapped:\n{log}");
+    assert!(fetches.len() >= 2, "the directory was not fetched: {fetches:?}");
+    assert!(fetches.iter().all(|f| f.status == 200));
+    // Without backoff: 20. With it: at about 0, 2, 6 and 14 s.
+    assert!(
+        fetches.len() <= 7,
+        "{} fetches in {window:?}: no backoff",
+        fetches.len()
+    );
+    assert!(
+        failed.abs_diff(fetches.len() as u64) <= 1,
+        "fetch_failed +{failed} for {} fetches",
+        fetches.len()
+    );
+    assert_on_every_worker(
+        &envoy,
+        "the last good set keeps serving",
+        || webhook(&envoy, "f-1001", Some(&f1001)),
+        seed_ok,
+    );
+
+    // The directory shrinks again: the next fetch succeeds, and the interval is refresh_ms again.
+    server.set(fixed(big_directory(&executor, &[], 0), "\"small\""));
+    wait_for("a fetch that succeeds", Duration::from_secs(90), || {
+        server
+            .fetches()
+            .iter()
+            .any(|f| f.at >= served && f.status == 304)
+            .then_some(())
+    });
+    let recovered = Instant::now();
+    thread::sleep(Duration::from_secs(5));
+    let after = server.fetches().iter().filter(|f| f.at >= recovered).count();
+    println!("recovered: {after} fetches in the 5 s after the first success");
+    assert!(
+        after >= 3,
+        "only {after} fetches in 5 s after a success: the backoff was not reset"
+    );
+}
+
+/// The wasm filter block of an LDS listener, as `tests/src/lib.rs` writes it.
+fn plugin(listener: &mut Value) -> &mut Value {
+    &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]
+}
+
+/// Issue 11: a root context that starts while a directory generation is published (a VM
+/// rebuilt by FAIL_RELOAD; here a second plugin with the same configuration, which Envoy starts
+/// in the running VMs) serves that generation, never its static flows: until it has loaded it,
+/// it answers 503 `directory_unavailable`. And a plugin with another configuration starts from
+/// its own directory: the shared data the previous configuration left behind (its document, its
+/// ETag) is not its own.
+#[test]
+fn new_root_contexts_serve_the_published_generation_and_a_new_configuration_starts_afresh() {
+    let _timed = timed();
+    let executor = Executor::demo();
+    let f1001 = token("f-1001");
+    // Large enough that a new root context needs many loading steps.
+    let paused_big = big_directory(&executor, &[("f-1001", json!({"status": "paused"}))], 20_000);
+    let server = DirectoryServer::bind(0, fixed(paused_big, "\"v1\""));
+    // Statically, f-1001 is live.
+    let static_flows = plugin_config_for(&demo_flows())["flows"].clone();
+    let config = directory_config(REFRESH_MS, Some(static_flows));
+    let options = EnvoyOptions::new(config.clone(), executor.port())
+        .directory_port(server.port)
+        .listener_from_file();
+    let envoy = Envoy::start(options);
+    until_streak(
+        "the directory pauses f-1001",
+        Instant::now(),
+        WAIT,
+        || webhook(&envoy, "f-1001", Some(&f1001)),
+        paused,
+    );
+    assert_on_every_worker(&envoy, "paused", || webhook(&envoy, "f-1001", Some(&f1001)), paused);
+
+    // The same configuration under another plugin name: new root contexts in every VM.
+    envoy.update_listener(|listener| plugin(listener)["name"] = json!("flowgate-b"));
+    let (mut unavailable, mut paused_replies) = (0, 0);
+    let probing = Instant::now();
+    while probing.elapsed() < Duration::from_secs(4) {
+        let response = webhook(&envoy, "f-1001", Some(&f1001));
+        if paused(&response) {
+            paused_replies += 1;
+        } else if edge_reply(&response, 503, "directory_unavailable") {
+            unavailable += 1;
+        } else {
+            panic!(
+                "a new root context answered {} for a flow the directory paused",
+                describe(&response)
+            );
+        }
+    }
+    println!("new root contexts: {paused_replies} paused replies, {unavailable} directory_unavailable while loading");
+    assert_on_every_worker(
+        &envoy,
+        "still paused",
+        || webhook(&envoy, "f-1001", Some(&f1001)),
+        paused,
+    );
+
+    // Another configuration (another refresh_ms, no static flows) whose directory serves f-1001
+    // live under the ETag the previous configuration published: it must fetch it afresh.
+    server.set(fixed(big_directory(&executor, &[], 0), "\"v1\""));
+    let reconfigured = directory_config(REFRESH_MS + 100, None).to_string();
+    envoy.update_listener(|listener| {
+        plugin(listener)["name"] = json!("flowgate-c");
+        plugin(listener)["configuration"]["value"] = json!(reconfigured);
+    });
+    let change = until_streak(
+        "the new configuration loads its own directory",
+        Instant::now(),
+        WAIT,
+        || webhook(&envoy, "f-1001", Some(&f1001)),
+        seed_ok,
+    );
+    println!(
+        "new configuration: f-1001 live on every reply from {} ms",
+        change.settled.as_millis()
+    );
+    assert_on_every_worker(&envoy, "live", || webhook(&envoy, "f-1001", Some(&f1001)), seed_ok);
 }

@@ -1,10 +1,14 @@
 //! The proxy-wasm host calls flowgate makes, declared here rather than taken from the
 //! SDK's `hostcalls`, which panic on any status they do not expect (a panic traps the
-//! VM). Here every failure is a value; statuses are read as plain integers.
+//! VM): a directory answer over Envoy's `http.async_response_buffer_limit` ends without
+//! response headers, and reading `:status` then fails. Here every failure is a value;
+//! statuses are read as plain integers. The SDK's `dispatch_http_call` stays in use: its
+//! dispatcher must register the token to deliver the answer, and it handles every status
+//! Envoy's `proxy_http_call` returns for valid pointers.
 
 use std::ptr::{null, null_mut};
 
-use proxy_wasm::types::{BufferType, MapType};
+use proxy_wasm::types::{BufferType, MapType, MetricType};
 
 use crate::wire;
 
@@ -47,6 +51,19 @@ extern "C" {
         headers_size: usize,
         grpc_status: i32,
     ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(key: *const u8, key_size: usize, value: *const u8, value_size: usize, cas: u32) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+    fn proxy_define_metric(kind: MetricType, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(id: u32, value: u64) -> u32;
 }
 
 /// Takes ownership of a buffer the host returned: on success it allocated it with this
@@ -126,4 +143,55 @@ pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8]) {
     if result != OK {
         log::warn!("flowgate: could not send reply: status {result}");
     }
+}
+
+/// A shared-data entry and its CAS number (`None`, 0: absent or unreadable).
+pub fn shared_data(key: &str) -> (Option<Vec<u8>>, u32) {
+    let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
+    // SAFETY: as in `header_map`.
+    unsafe {
+        let status = proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas);
+        (returned(status, data, size), cas)
+    }
+}
+
+/// Compare-and-swap (`cas` 0: unconditional); false on a CAS mismatch or any failure.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> bool {
+    // SAFETY: both slices are valid for the call.
+    unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) == OK }
+}
+
+pub fn set_tick_period_ms(ms: u64) {
+    // SAFETY: no pointers.
+    let status = unsafe { proxy_set_tick_period_milliseconds(u32::try_from(ms).unwrap_or(u32::MAX)) };
+    if status != OK {
+        log::warn!("flowgate: could not set the tick period: status {status}");
+    }
+}
+
+/// Milliseconds since the epoch (0 if the host does not say).
+pub fn now_ms() -> u64 {
+    let mut nanos = 0;
+    // SAFETY: the pointer is valid for the call.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut nanos) } {
+        OK => nanos / 1_000_000,
+        _ => 0,
+    }
+}
+
+pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: the name and pointer are valid for the call.
+    let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
+    (status == OK).then_some(id)
+}
+
+pub fn increment_metric(id: u32, offset: i64) {
+    // SAFETY: no pointers.
+    let _ = unsafe { proxy_increment_metric(id, offset) };
+}
+
+pub fn record_metric(id: u32, value: u64) {
+    // SAFETY: no pointers.
+    let _ = unsafe { proxy_record_metric(id, value) };
 }

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use proxy_wasm::types::MetricType;
 
+use super::abi;
+
 use crate::reply::CODES;
 
 /// Request outcomes besides the `EdgeReply` codes.
@@ -56,34 +58,22 @@ impl Metrics {
 
     pub fn count(&self, name: &str) {
         if let Some(&id) = self.ids.get(name) {
-            // SAFETY: plain integers; a failure is only a lost count.
-            unsafe { proxy_increment_metric(id, 1) };
+            abi::increment_metric(id, 1);
         }
     }
 
     pub fn set(&self, name: &str, value: u64) {
         if let Some(&id) = self.ids.get(name) {
-            // SAFETY: as above.
-            unsafe { proxy_record_metric(id, value) };
+            abi::record_metric(id, value);
         }
     }
 }
 
-// The SDK's metric calls panic on unexpected statuses; these return them.
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_define_metric(kind: MetricType, name: *const u8, name_size: usize, id: *mut u32) -> u32;
-    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
-    fn proxy_record_metric(id: u32, value: u64) -> u32;
-}
-
 fn define(ids: &mut HashMap<&'static str, u32>, short: &'static str, full: String, kind: MetricType) {
-    let mut id = 0;
-    // SAFETY: the host reads `full` during the call and writes the id.
-    match unsafe { proxy_define_metric(kind, full.as_ptr(), full.len(), &mut id) } {
-        0 => {
+    match abi::define_metric(kind, &full) {
+        Some(id) => {
             ids.insert(short, id);
         }
-        status => log::warn!("flowgate: could not define metric {full}: status {status}"),
+        None => log::warn!("flowgate: could not define metric {full}"),
     }
 }

@@ -1,10 +1,5 @@
-//! The live flow directory (CONTRACT section 4), minus the I/O: the document format,
-//! which VM fetches when, and what every VM has seen.
-//!
-//! Envoy runs one VM per worker. One of them fetches per interval (whoever wins the
-//! lease, a compare-and-swap on shared data); it checks and indexes the document
-//! once, publishes it with a generation number, and every VM loads a generation it
-//! has not seen yet, a step at a time.
+//! A directory document `{"flows": [...]}`: checked and indexed once by the VM that
+//! fetched it, then loaded by every VM a step at a time from the index.
 
 use std::ops::Range;
 use std::rc::Rc;
@@ -12,11 +7,6 @@ use std::rc::Rc;
 use serde_json::value::RawValue;
 
 use crate::config::{ConfigError, Flows, FlowsBuilder, PartialFlows};
-
-/// Shared-data keys (scoped to the plugin's `vm_id` by Envoy).
-pub const LEASE_KEY: &str = "flowgate.directory.next_fetch_ms";
-pub const PUBLISHED_KEY: &str = "flowgate.directory.published";
-pub const DOCUMENT_KEY: &str = "flowgate.directory.document";
 
 /// The byte ranges of the flow entries of a directory document `{"flows": [...]}`.
 /// Only the document's shape is checked here; entries are validated as they load.
@@ -113,47 +103,6 @@ impl Loading {
     }
 }
 
-/// Whether the lease (the time the next fetch is due) lets a fetch start at `now_ms`.
-pub fn fetch_due(lease: Option<&[u8]>, now_ms: u64) -> bool {
-    lease
-        .and_then(|bytes| std::str::from_utf8(bytes).ok()?.parse::<u64>().ok())
-        .is_none_or(|next| now_ms >= next)
-}
-
-/// What the fetching VM publishes: a generation number and the document's ETag.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Published {
-    pub generation: u64,
-    pub etag: String,
-    /// When the document was fetched (milliseconds since the epoch).
-    pub fetched_at_ms: u64,
-}
-
-impl Published {
-    pub fn encode(&self) -> Vec<u8> {
-        format!("{} {} {}", self.generation, self.fetched_at_ms, self.etag).into_bytes()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Published> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let mut parts = text.splitn(3, ' ');
-        let generation = parts.next()?.parse().ok()?;
-        let fetched_at_ms = parts.next()?.parse().ok()?;
-        let etag = parts.next().unwrap_or_default().to_string();
-        Some(Published {
-            generation,
-            etag,
-            fetched_at_ms,
-        })
-    }
-}
-
-/// How often a VM looks for a new generation: often enough that every worker sees a
-/// new set well within one refresh interval of its fetch.
-pub fn tick_ms(refresh_ms: u64) -> u64 {
-    (refresh_ms / 10).clamp(50, 500)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,31 +157,5 @@ mod tests {
                 "cut at {cut}"
             );
         }
-    }
-
-    #[test]
-    fn a_fetch_is_due_when_the_lease_has_run_out() {
-        assert!(fetch_due(None, 5));
-        assert!(fetch_due(Some(b"garbage"), 5));
-        assert!(!fetch_due(Some(b"10"), 5));
-        assert!(fetch_due(Some(b"10"), 10));
-    }
-
-    #[test]
-    fn published_round_trips() {
-        let published = Published {
-            generation: 3,
-            etag: "\"abc def\"".into(),
-            fetched_at_ms: 99,
-        };
-        assert_eq!(Published::decode(&published.encode()), Some(published));
-        assert_eq!(Published::decode(b"x"), None);
-    }
-
-    #[test]
-    fn ticks_are_a_tenth_of_the_interval_within_bounds() {
-        assert_eq!(tick_ms(2000), 200);
-        assert_eq!(tick_ms(100), 50);
-        assert_eq!(tick_ms(3_600_000), 500);
     }
 }
