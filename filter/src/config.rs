@@ -67,7 +67,7 @@ impl FlowStatus {
 }
 
 /// Sync flows answer with the flow output; async flows answer once the run is queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     Sync,
     Async,

@@ -220,7 +220,7 @@ mod tests {
             &RequestHead::from_headers(&pairs),
         ) {
             Verdict::Pass => Err("pass"),
-            Verdict::Reply { reply, .. } => Err(reply.code()),
+            Verdict::Reply { reply, .. } => Err(reply.code().as_str()),
             Verdict::Admit(admission) => Ok(admission),
         }
     }
@@ -294,11 +294,15 @@ mod tests {
         let admission = verdict.unwrap();
         assert!(admission.must_read_body(Some(5)));
         assert_eq!(
-            admission.check_body(None, b"{\"a\":").unwrap_err().code(),
+            admission.check_body(None, b"{\"a\":").unwrap_err().code().as_str(),
             "invalid_body"
         );
         assert_eq!(
-            admission.check_body(None, b"[1,2,3,4,5,6]").unwrap_err().code(),
+            admission
+                .check_body(None, b"[1,2,3,4,5,6]")
+                .unwrap_err()
+                .code()
+                .as_str(),
             "payload_too_large"
         );
         assert!(admission.check_body(None, b"{\"a\":1}").is_ok());
@@ -340,7 +344,7 @@ mod tests {
                 &RequestHead::from_headers(&pairs),
             ) {
                 Verdict::Pass => "pass",
-                Verdict::Reply { reply, .. } => reply.code(),
+                Verdict::Reply { reply, .. } => reply.code().as_str(),
                 Verdict::Admit(_) => "admit",
             }
         };

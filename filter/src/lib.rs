@@ -10,6 +10,7 @@ pub mod body;
 pub mod config;
 pub mod directory;
 pub mod gate;
+pub mod metrics;
 pub mod render;
 pub mod reply;
 pub mod route;

@@ -58,22 +58,59 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// Every `EdgeReply::code`, for defining one metric per outcome up front.
-pub const CODES: [&str; 13] = [
-    "invalid_request",
-    "invalid_path",
-    "not_found",
-    "method_not_allowed",
-    "unauthorized",
-    "biz_logic",
-    "payload_too_large",
-    "invalid_body",
-    "executor_error",
-    "executor_unavailable",
-    "executor_timeout",
-    "template_error",
-    "directory_unavailable",
-];
+/// The envelope's `error` codes: one per kind of edge reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    InvalidRequest,
+    InvalidPath,
+    NotFound,
+    MethodNotAllowed,
+    Unauthorized,
+    BizLogic,
+    PayloadTooLarge,
+    InvalidBody,
+    ExecutorError,
+    ExecutorUnavailable,
+    ExecutorTimeout,
+    TemplateError,
+    DirectoryUnavailable,
+}
+
+impl Code {
+    pub const ALL: [Code; 13] = [
+        Code::InvalidRequest,
+        Code::InvalidPath,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::Unauthorized,
+        Code::BizLogic,
+        Code::PayloadTooLarge,
+        Code::InvalidBody,
+        Code::ExecutorError,
+        Code::ExecutorUnavailable,
+        Code::ExecutorTimeout,
+        Code::TemplateError,
+        Code::DirectoryUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest => "invalid_request",
+            Code::InvalidPath => "invalid_path",
+            Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::Unauthorized => "unauthorized",
+            Code::BizLogic => "biz_logic",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::InvalidBody => "invalid_body",
+            Code::ExecutorError => "executor_error",
+            Code::ExecutorUnavailable => "executor_unavailable",
+            Code::ExecutorTimeout => "executor_timeout",
+            Code::TemplateError => "template_error",
+            Code::DirectoryUnavailable => "directory_unavailable",
+        }
+    }
+}
 
 impl EdgeReply {
     pub fn status(&self) -> u16 {
@@ -91,22 +128,22 @@ impl EdgeReply {
         }
     }
 
-    /// The envelope's `error` code; also the suffix of the outcome's metric.
-    pub fn code(&self) -> &'static str {
+    /// The envelope's `error` code; also names the outcome's metric.
+    pub fn code(&self) -> Code {
         match self {
-            EdgeReply::UnreadableRequest => "invalid_request",
-            EdgeReply::InvalidPath => "invalid_path",
-            EdgeReply::NotFound => "not_found",
-            EdgeReply::MethodNotAllowed { .. } => "method_not_allowed",
-            EdgeReply::Unauthorized { .. } => "unauthorized",
-            EdgeReply::Paused => "biz_logic",
-            EdgeReply::PayloadTooLarge { .. } => "payload_too_large",
-            EdgeReply::InvalidBody { .. } => "invalid_body",
-            EdgeReply::ExecutorError { .. } => "executor_error",
-            EdgeReply::ExecutorUnavailable => "executor_unavailable",
-            EdgeReply::ExecutorTimeout => "executor_timeout",
-            EdgeReply::TemplateError { .. } => "template_error",
-            EdgeReply::DirectoryUnavailable => "directory_unavailable",
+            EdgeReply::UnreadableRequest => Code::InvalidRequest,
+            EdgeReply::InvalidPath => Code::InvalidPath,
+            EdgeReply::NotFound => Code::NotFound,
+            EdgeReply::MethodNotAllowed { .. } => Code::MethodNotAllowed,
+            EdgeReply::Unauthorized { .. } => Code::Unauthorized,
+            EdgeReply::Paused => Code::BizLogic,
+            EdgeReply::PayloadTooLarge { .. } => Code::PayloadTooLarge,
+            EdgeReply::InvalidBody { .. } => Code::InvalidBody,
+            EdgeReply::ExecutorError { .. } => Code::ExecutorError,
+            EdgeReply::ExecutorUnavailable => Code::ExecutorUnavailable,
+            EdgeReply::ExecutorTimeout => Code::ExecutorTimeout,
+            EdgeReply::TemplateError { .. } => Code::TemplateError,
+            EdgeReply::DirectoryUnavailable => Code::DirectoryUnavailable,
         }
     }
 
@@ -168,7 +205,7 @@ impl EdgeReply {
         };
         let envelope = Envelope {
             status: self.status(),
-            error: Some(self.code()),
+            error: Some(self.code().as_str()),
             message: &message,
             data: data.as_deref(),
         };

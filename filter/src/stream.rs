@@ -16,11 +16,12 @@ use minijinja::Value;
 
 mod host;
 
-pub use host::{Action, Host, Outcome, Site};
+pub use host::{Action, Host, Site};
 
 use crate::answer::{self, ExecutorHead, ResponsePlan};
 use crate::config::Mode;
 use crate::gate::{self, Admission, RequestHead, Verdict};
+use crate::metrics::Counter;
 use crate::reply::{EdgeReply, Reply};
 use crate::wire;
 
@@ -99,7 +100,7 @@ impl Stream {
         let head = RequestHead::from_headers(&headers);
         let admission = match gate::decide(site.prefix, site.flows, &head) {
             Verdict::Pass => {
-                host.count(Outcome::Passed);
+                host.count(Counter::Passed);
                 self.phase = Phase::Passing;
                 return Action::Continue;
             }
@@ -316,7 +317,7 @@ impl Stream {
     }
 
     fn forward(&mut self, host: &mut impl Host, admission: Admission, request_body: Value) -> Action {
-        host.count(Outcome::Admitted(admission.flow.mode));
+        host.count(Counter::Admitted(admission.flow.mode));
         self.phase = Phase::Forwarded {
             admission,
             request_body,
@@ -335,7 +336,7 @@ impl Stream {
         let output = host.response_body(size);
         match answer::answer(&admission.flow, status, request_body, &output) {
             Ok(reply) => {
-                host.count(Outcome::Answered);
+                host.count(Counter::Answered);
                 self.send(host, &reply)
             }
             Err(fault) => self.refuse(host, fault),
@@ -347,7 +348,7 @@ impl Stream {
     fn too_large(&mut self, host: &mut impl Host, admission: &Admission, request_body: Value, status: u16) -> Action {
         if admission.flow.mode == Mode::Async {
             if let Ok(reply) = answer::answer(&admission.flow, status, request_body, &[]) {
-                host.count(Outcome::Answered);
+                host.count(Counter::Answered);
                 return self.send(host, &reply);
             }
         }
@@ -361,7 +362,7 @@ impl Stream {
     }
 
     fn refuse(&mut self, host: &mut impl Host, refusal: EdgeReply) -> Action {
-        host.count(Outcome::Refused(refusal.code()));
+        host.count(Counter::Refused(refusal.code()));
         self.send(host, &refusal.reply())
     }
 

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use super::shared::Key;
 use crate::config::Flows;
+pub use crate::metrics::{Counter, Gauge};
 
 /// A shared-data entry as read: its value (`None`: absent) and its CAS number.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -75,20 +76,6 @@ pub enum Event {
         access: Access,
         ok: bool,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter {
-    FetchOk,
-    FetchNotModified,
-    FetchFailed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Gauge {
-    FlowsLoaded,
-    EntriesRejected,
-    AgeSeconds,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

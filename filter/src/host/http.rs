@@ -8,8 +8,9 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::abi;
 use super::root::Edge;
+use crate::metrics::Counter;
 use crate::reply::Reply;
-use crate::stream::{self, Host, Outcome, Site, Stream};
+use crate::stream::{self, Host, Site, Stream};
 
 pub struct Http {
     edge: Rc<Edge>,
@@ -70,11 +71,11 @@ impl Host for Calls<'_> {
         abi::send_reply(reply.status, &headers, &reply.body);
     }
 
-    fn count(&mut self, outcome: Outcome) {
-        if let Outcome::Refused(code) = outcome {
-            log::debug!("flowgate: refused: {code}");
+    fn count(&mut self, counter: Counter) {
+        if let Counter::Refused(code) = counter {
+            log::debug!("flowgate: refused: {}", code.as_str());
         }
-        self.0.metrics.count(outcome.name());
+        self.0.metrics.count(counter);
     }
 }
 

@@ -13,10 +13,10 @@ use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::abi;
 use super::http::Http;
-use super::metrics::{self, Metrics};
+use super::metrics::Metrics;
 use crate::config::{Flows, FlowsBuilder, PluginConfig};
 use crate::directory::shared::{Key, Keys};
-use crate::directory::sync::{Answer, Command, Counter, Event, Gauge, Level, Shared, Sync};
+use crate::directory::sync::{Answer, Command, Event, Level, Shared, Sync};
 
 /// What every stream of this VM reads.
 pub struct Edge {
@@ -157,19 +157,8 @@ fn execute(edge: &Edge, keys: &Keys, command: Command) -> Option<Event> {
         }
         Command::Serve(flows) => *edge.flows.borrow_mut() = Some(flows),
         Command::TickEvery(ms) => abi::set_tick_period_ms(ms),
-        Command::Count(counter) => edge.metrics.count(match counter {
-            Counter::FetchOk => metrics::FETCH_OK,
-            Counter::FetchNotModified => metrics::FETCH_NOT_MODIFIED,
-            Counter::FetchFailed => metrics::FETCH_FAILED,
-        }),
-        Command::Gauge(gauge, value) => edge.metrics.set(
-            match gauge {
-                Gauge::FlowsLoaded => metrics::FLOWS_LOADED,
-                Gauge::EntriesRejected => metrics::ENTRIES_REJECTED,
-                Gauge::AgeSeconds => metrics::AGE_SECONDS,
-            },
-            value,
-        ),
+        Command::Count(counter) => edge.metrics.count(counter),
+        Command::Gauge(gauge, value) => edge.metrics.set(gauge, value),
         Command::Log(Level::Info, message) => log::info!("flowgate: {message}"),
         Command::Log(Level::Warn, message) => log::warn!("flowgate: {message}"),
     }

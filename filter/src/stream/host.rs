@@ -1,7 +1,8 @@
 //! What a stream exchanges with its host: the calls it makes, what it answers each
 //! callback, the outcomes it counts and the per-VM facts it reads.
 
-use crate::config::{Flows, Mode};
+use crate::config::Flows;
+use crate::metrics::Counter;
 use crate::reply::Reply;
 
 /// What the host does with the event's data: pass it on, or hold it (buffering bodies).
@@ -9,30 +10,6 @@ use crate::reply::Reply;
 pub enum Action {
     Continue,
     Pause,
-}
-
-/// The outcomes counted in the filter's metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Passed,
-    Admitted(Mode),
-    /// An admitted webhook answered with its template or the async acknowledgement.
-    Answered,
-    /// Refused or failed: the envelope's `error` code.
-    Refused(&'static str),
-}
-
-impl Outcome {
-    /// The metric's name: `flowgate.requests.<name>`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Passed => "passed",
-            Outcome::Admitted(Mode::Sync) => "admitted_sync",
-            Outcome::Admitted(Mode::Async) => "admitted_async",
-            Outcome::Answered => "answered",
-            Outcome::Refused(code) => code,
-        }
-    }
 }
 
 /// The host calls a stream makes.
@@ -53,7 +30,7 @@ pub trait Host {
     fn response_body(&mut self, size: usize) -> Vec<u8>;
     /// Answers the sender with a local reply.
     fn send(&mut self, reply: &Reply);
-    fn count(&mut self, outcome: Outcome);
+    fn count(&mut self, counter: Counter);
 }
 
 /// What every stream of a VM reads when a request head arrives.

@@ -47,7 +47,7 @@ struct Envoy {
     code_details: &'static str,
     answer: Vec<u8>,
     replies: Vec<Reply>,
-    outcomes: Vec<Outcome>,
+    counts: Vec<Counter>,
     unreadable: bool,
 }
 
@@ -89,8 +89,8 @@ impl Host for Envoy {
     fn send(&mut self, reply: &Reply) {
         self.replies.push(reply.clone());
     }
-    fn count(&mut self, outcome: Outcome) {
-        self.outcomes.push(outcome);
+    fn count(&mut self, counter: Counter) {
+        self.counts.push(counter);
     }
 }
 

@@ -1,0 +1,90 @@
+//! Every metric flowgate keeps, as types: the host defines each one listed here when a
+//! plugin is configured, and Envoy shows it as `wasmcustom.<name>` (docs/operations.md).
+
+use crate::config::Mode;
+use crate::reply::Code;
+
+/// Counters, shared by every worker of an Envoy process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// A request outside the webhook prefix.
+    Passed,
+    /// A webhook forwarded to the executor.
+    Admitted(Mode),
+    /// An admitted webhook answered with its template or the async acknowledgement.
+    Answered,
+    /// A reply made at the edge, by its envelope `error` code.
+    Refused(Code),
+    /// Directory answers with a flow list.
+    FetchOk,
+    FetchNotModified,
+    FetchFailed,
+}
+
+/// Gauges of the live directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Gauge {
+    FlowsLoaded,
+    EntriesRejected,
+    AgeSeconds,
+}
+
+impl Counter {
+    /// Every counter.
+    pub fn all() -> impl Iterator<Item = Counter> {
+        let fixed = [
+            Counter::Passed,
+            Counter::Admitted(Mode::Sync),
+            Counter::Admitted(Mode::Async),
+            Counter::Answered,
+            Counter::FetchOk,
+            Counter::FetchNotModified,
+            Counter::FetchFailed,
+        ];
+        fixed.into_iter().chain(Code::ALL.into_iter().map(Counter::Refused))
+    }
+
+    pub fn name(self) -> String {
+        let request = |outcome: &str| format!("flowgate.requests.{outcome}");
+        match self {
+            Counter::Passed => request("passed"),
+            Counter::Admitted(mode) => request(&format!("admitted_{}", mode.as_str())),
+            Counter::Answered => request("answered"),
+            Counter::Refused(code) => request(code.as_str()),
+            Counter::FetchOk => "flowgate.directory.fetch_ok".into(),
+            Counter::FetchNotModified => "flowgate.directory.fetch_not_modified".into(),
+            Counter::FetchFailed => "flowgate.directory.fetch_failed".into(),
+        }
+    }
+}
+
+impl Gauge {
+    pub const ALL: [Gauge; 3] = [Gauge::FlowsLoaded, Gauge::EntriesRejected, Gauge::AgeSeconds];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Gauge::FlowsLoaded => "flowgate.directory.flows_loaded",
+            Gauge::EntriesRejected => "flowgate.directory.entries_rejected",
+            Gauge::AgeSeconds => "flowgate.directory.age_seconds",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn names_are_the_documented_ones_and_distinct() {
+        let names: Vec<String> = Counter::all().map(Counter::name).collect();
+        assert!(names.contains(&"flowgate.requests.admitted_async".to_string()));
+        assert!(names.contains(&"flowgate.requests.biz_logic".to_string()));
+        assert!(names.contains(&"flowgate.directory.fetch_failed".to_string()));
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+    }
+}
