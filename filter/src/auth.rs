@@ -5,6 +5,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::route;
+
 /// A SHA-256 digest of a bearer token.
 pub type TokenDigest = [u8; 32];
 
@@ -96,17 +98,10 @@ pub fn parse_hex_digest(hex: &str) -> Option<TokenDigest> {
     let mut out = [0u8; 32];
     for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
         let [hi, lo] = pair else { return None };
-        *slot = lower_hex(*hi)? << 4 | lower_hex(*lo)?;
+        let lower = |digit: u8| (!digit.is_ascii_uppercase()).then(|| route::hex_value(digit)).flatten();
+        *slot = lower(*hi)? << 4 | lower(*lo)?;
     }
     Some(out)
-}
-
-fn lower_hex(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -456,12 +456,7 @@ fn is_identifier(name: &str) -> bool {
 }
 
 fn is_canonical_prefix(prefix: &str) -> bool {
-    prefix.len() > 1
-        && prefix.starts_with('/')
-        && prefix.ends_with('/')
-        && !prefix.contains(['%', '\\', ';', '?', '#'])
-        && !prefix.contains("//")
-        && !prefix.split('/').any(|segment| segment == "." || segment == "..")
+    prefix.len() > 1 && prefix.ends_with('/') && !prefix.contains('?') && crate::route::is_plain(prefix)
 }
 
 /// The fields of one JSON object, read one by one so errors name the field.

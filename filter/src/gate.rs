@@ -59,21 +59,49 @@ pub enum Verdict<'p> {
     Admit(Admission),
 }
 
-/// An admitted webhook and what must still be checked of its body.
+/// An admitted webhook and what must still be done with its body.
 #[derive(Debug)]
 pub struct Admission {
     pub flow: Rc<Flow>,
-    /// The body is JSON by its content type and must parse.
-    pub json: bool,
-    /// The body is needed later, as the `<ref_id>` of the response template.
-    pub keep_body: bool,
+    pub body: BodyUse,
+}
+
+/// What an admitted body goes through: a JSON body (by its content type) must parse;
+/// a body the response template reads (as `<ref_id>`) is kept; a JSON one is parsed once, for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyUse {
+    /// Nothing: the body streams to the executor.
+    Stream,
+    CheckJson,
+    /// Kept as the template sees a non-JSON body (form fields or text).
+    Bind,
+    ParseJson,
+}
+
+impl BodyUse {
+    fn of(json: bool, kept: bool) -> BodyUse {
+        match (json, kept) {
+            (false, false) => BodyUse::Stream,
+            (true, false) => BodyUse::CheckJson,
+            (false, true) => BodyUse::Bind,
+            (true, true) => BodyUse::ParseJson,
+        }
+    }
+
+    pub fn is_json(self) -> bool {
+        matches!(self, BodyUse::CheckJson | BodyUse::ParseJson)
+    }
+
+    pub fn is_kept(self) -> bool {
+        matches!(self, BodyUse::Bind | BodyUse::ParseJson)
+    }
 }
 
 impl Admission {
     /// Whether the body must be held and read before forwarding. A body of known,
     /// acceptable length that nobody needs streams straight through.
     pub fn must_read_body(&self, content_length: Option<u64>) -> bool {
-        self.json || self.keep_body || content_length.is_none()
+        self.body != BodyUse::Stream || content_length.is_none()
     }
 
     /// Checks a growing body's size; called as it arrives.
@@ -92,11 +120,11 @@ impl Admission {
     pub fn check_body(&self, content_type: Option<&[u8]>, bytes: &[u8]) -> Result<Value, EdgeReply> {
         self.check_size(bytes.len() as u64)?;
         let invalid = |detail| EdgeReply::InvalidBody { detail };
-        match (self.json, self.keep_body) {
-            (true, true) => body::parse_json(bytes).map_err(invalid),
-            (true, false) => body::check_json(bytes).map(|()| Value::UNDEFINED).map_err(invalid),
-            (false, true) => Ok(body::bind(content_type, bytes)),
-            (false, false) => Ok(Value::UNDEFINED),
+        match self.body {
+            BodyUse::ParseJson => body::parse_json(bytes).map_err(invalid),
+            BodyUse::CheckJson => body::check_json(bytes).map(|()| Value::UNDEFINED).map_err(invalid),
+            BodyUse::Bind => Ok(body::bind(content_type, bytes)),
+            BodyUse::Stream => Ok(Value::UNDEFINED),
         }
     }
 
@@ -164,8 +192,10 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
     }
     let admission = Admission {
         flow: Rc::clone(flow),
-        json: head.content_type.is_some_and(body::is_json),
-        keep_body: flow.response.as_ref().is_some_and(|r| r.reads_request_body),
+        body: BodyUse::of(
+            head.content_type.is_some_and(body::is_json),
+            flow.response.as_ref().is_some_and(|r| r.reads_request_body),
+        ),
     };
     if let Some(length) = head.content_length {
         if let Err(too_large) = admission.check_size(length) {

@@ -114,7 +114,8 @@ fn without_params(path: &[u8]) -> Vec<u8> {
 }
 
 /// True when nothing in `s` could be rewritten by path normalisation.
-fn is_plain(s: &str) -> bool {
+/// An absolute path with nothing to normalise: no `%`, `\\`, `;`, `#`, `//`, `.` or `..` segment.
+pub fn is_plain(s: &str) -> bool {
     s.starts_with('/')
         && !s.contains(['%', '\\', ';', '#'])
         && !s.contains("//")
@@ -223,7 +224,8 @@ fn percent_decode_fully(input: &[u8]) -> Vec<u8> {
     out
 }
 
-fn hex_value(digit: u8) -> Option<u8> {
+/// The value of one hex digit, either case.
+pub fn hex_value(digit: u8) -> Option<u8> {
     match digit {
         b'0'..=b'9' => Some(digit - b'0'),
         b'a'..=b'f' => Some(digit - b'a' + 10),

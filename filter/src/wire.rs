@@ -42,7 +42,8 @@ pub fn encode_header_map<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Ve
     out
 }
 
-fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+/// The little-endian `u32` at `at`, as a `usize`; `None` past the end.
+pub fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
     let word: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
     usize::try_from(u32::from_le_bytes(word)).ok()
 }

@@ -276,14 +276,14 @@ fn check(request: &Request<'_>, config: &PluginConfig) {
     match admission.check_body(head.content_type, body) {
         Ok(bound) => {
             assert!(within, "body of {} bytes accepted", body.len());
-            if admission.json {
+            if admission.body.is_json() {
                 assert!(
                     serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok(),
                     "invalid JSON body accepted: {:?}",
                     show(body)
                 );
             }
-            if !admission.keep_body {
+            if !admission.body.is_kept() {
                 assert!(bound.is_undefined(), "a body the flow does not keep was bound");
             }
         }

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use serde_json::value::RawValue;
 
 use crate::config::{ConfigError, Flows, FlowsBuilder, PartialFlows};
+use crate::wire;
 
 /// The byte ranges of the flow entries of a directory document `{"flows": [...]}`.
 /// Only the document's shape is checked here; entries are validated as they load.
@@ -67,10 +68,7 @@ pub struct Loading {
 impl Loading {
     /// Reads an indexed document; `None` if it is malformed.
     pub fn new(blob: Vec<u8>, previous: Rc<Flows>) -> Option<Self> {
-        let word = |at: usize| -> Option<usize> {
-            let bytes: [u8; 4] = blob.get(at..at.checked_add(4)?)?.try_into().ok()?;
-            usize::try_from(u32::from_le_bytes(bytes)).ok()
-        };
+        let word = |at: usize| wire::read_u32(&blob, at);
         let count = word(0)?;
         let document_at = count.checked_mul(8)?.checked_add(4)?;
         let mut entries = Vec::with_capacity(count.min(blob.len() / 8));

@@ -127,8 +127,7 @@ pub fn store(mut indexed: Vec<u8>, record: &Published) -> Vec<u8> {
 /// The record of a stored document, and where it starts.
 fn split(stored: &[u8]) -> Option<(Published, usize)> {
     let length_at = stored.len().checked_sub(4)?;
-    let length: [u8; 4] = stored.get(length_at..)?.try_into().ok()?;
-    let record_at = length_at.checked_sub(usize::try_from(u32::from_le_bytes(length)).ok()?)?;
+    let record_at = length_at.checked_sub(crate::wire::read_u32(stored, length_at)?)?;
     Some((Published::decode(stored.get(record_at..length_at)?)?, record_at))
 }
 
