@@ -121,12 +121,13 @@ mod tests {
         assert_eq!(json(company), serde_json::json!({"company_id": 123456}));
         let form = bind(
             Some(b"application/x-www-form-urlencoded"),
-            b"company_id=123456&name=A+B%26C&flag",
+            b"company_id=123456&name=first&name=A+B%26C&flag&bad=%zz%4",
         );
         assert_eq!(
             json(form),
-            serde_json::json!({"company_id": "123456", "name": "A B&C", "flag": ""})
+            serde_json::json!({"company_id": "123456", "name": "A B&C", "flag": "", "bad": "%zz%4"})
         );
+        assert_eq!(json(bind(Some(b"application/json"), b"{oops")), serde_json::Value::Null);
         assert_eq!(json(bind(Some(b"text/plain"), b"hello")), serde_json::json!("hello"));
         assert_eq!(json(bind(None, &[0xff, b'a'])), serde_json::json!("\u{fffd}a"));
     }
