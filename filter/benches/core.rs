@@ -113,7 +113,7 @@ mod native {
     fn render(c: &mut Criterion) {
         let config = config(0);
         let flow = config.flows.get("f-1001").unwrap();
-        let check = answer::answer(
+        let check = answer::reply(
             flow,
             200,
             body::bind(Some(b"application/json"), SEED_BODY),
@@ -124,7 +124,7 @@ mod native {
         c.bench_function("answer/seed template (executor JSON -> context -> render)", |b| {
             b.iter_batched(
                 || body::bind(Some(b"application/json"), SEED_BODY),
-                |request_body| answer::answer(flow, 200, request_body, black_box(EXECUTOR_OUTPUT)),
+                |request_body| answer::reply(flow, 200, request_body, black_box(EXECUTOR_OUTPUT)),
                 criterion::BatchSize::SmallInput,
             )
         });
@@ -132,7 +132,7 @@ mod native {
         c.bench_function("answer/async run-scheduled envelope", |b| {
             b.iter_batched(
                 || body::bind(None, b""),
-                |request_body| answer::answer(asynchronous, 202, request_body, black_box(br#"{"run_id":"r-1"}"#)),
+                |request_body| answer::reply(asynchronous, 202, request_body, black_box(br#"{"run_id":"r-1"}"#)),
                 criterion::BatchSize::SmallInput,
             )
         });

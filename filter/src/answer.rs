@@ -1,16 +1,16 @@
-//! The answer to an admitted webhook, decided from what the executor (or Envoy's
-//! router on its behalf) said.
+//! The executor's answer to an admitted webhook (or Envoy's router's, on its behalf):
+//! what to do with it (`plan`) and the sender's reply built from it (`reply`).
 
 use minijinja::value::{merge_maps, ValueKind};
 use minijinja::Value;
 use serde_json::value::RawValue;
 
 use crate::config::{Flow, Mode};
-use crate::reply::{self, EdgeReply, Reply};
+use crate::reply::{self, Refusal, Reply};
 
-/// The head of the response coming back from the router.
+/// The head of the answer coming back from the router.
 #[derive(Debug, Clone, Copy)]
-pub struct ExecutorHead {
+pub struct AnswerHead {
     pub status: u16,
     /// The executor itself answered (`response.code_details` is `via_upstream`);
     /// otherwise Envoy's router made the reply (no host, reset, timeout).
@@ -19,20 +19,20 @@ pub struct ExecutorHead {
     pub timed_out: bool,
 }
 
-impl ExecutorHead {
+impl AnswerHead {
     /// Judges the router's answer; `code_details` reads Envoy's `response.code_details`
     /// property and is only called for non-2xx statuses: the router makes error replies
     /// itself, never a 2xx, so a 2xx is always the executor's.
     pub fn new(status: u16, code_details: impl FnOnce() -> Vec<u8>) -> Self {
         if (200..300).contains(&status) {
-            return ExecutorHead {
+            return AnswerHead {
                 status,
                 via_upstream: true,
                 timed_out: false,
             };
         }
         let details = code_details();
-        ExecutorHead {
+        AnswerHead {
             status,
             via_upstream: details == b"via_upstream",
             timed_out: details.windows(16).any(|w| w == b"response_timeout"),
@@ -42,43 +42,43 @@ impl ExecutorHead {
 
 /// What to do with the executor's response.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ResponsePlan {
+pub enum AnswerPlan {
     /// Hand it to the sender unchanged (sync flow without a response template).
     PassThrough,
-    /// Replace it with an edge reply now.
-    Reply(EdgeReply),
-    /// Read the whole body, then call [`answer`].
-    ReadBody,
+    /// Replace it with this refusal's envelope now.
+    Refuse(Refusal),
+    /// Hold the whole answer, then call [`reply`].
+    Hold,
 }
 
-pub fn plan(flow: &Flow, head: ExecutorHead) -> ResponsePlan {
+pub fn plan(flow: &Flow, head: AnswerHead) -> AnswerPlan {
     if !head.via_upstream {
-        return ResponsePlan::Reply(if head.timed_out || head.status == 504 {
-            EdgeReply::ExecutorTimeout
+        return AnswerPlan::Refuse(if head.timed_out || head.status == 504 {
+            Refusal::ExecutorTimeout
         } else {
-            EdgeReply::ExecutorUnavailable
+            Refusal::ExecutorUnavailable
         });
     }
     if flow.mode == Mode::Async && matches!(head.status, 429 | 503) {
         // The executor says it cannot queue the run now: nothing was accepted, so the
         // sender is told to retry (CONTRACT 3.2).
-        return ResponsePlan::Reply(EdgeReply::ExecutorUnavailable);
+        return AnswerPlan::Refuse(Refusal::ExecutorUnavailable);
     }
     if !(200..300).contains(&head.status) {
-        return ResponsePlan::Reply(EdgeReply::ExecutorError {
+        return AnswerPlan::Refuse(Refusal::ExecutorError {
             upstream_status: head.status,
             detail: "flow executor answered with an error",
         });
     }
     match (flow.mode, &flow.response) {
-        (Mode::Sync, None) => ResponsePlan::PassThrough,
-        _ => ResponsePlan::ReadBody,
+        (Mode::Sync, None) => AnswerPlan::PassThrough,
+        _ => AnswerPlan::Hold,
     }
 }
 
 /// Builds the sender's answer from the executor's 2xx body and the request body
 /// (bound as `<ref_id>`; none when the flow keeps no body).
-pub fn answer(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8]) -> Result<Reply, EdgeReply> {
+pub fn reply(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8]) -> Result<Reply, Refusal> {
     let context = match flow.mode {
         Mode::Async => {
             // The run is accepted (2xx) whatever the body says; only an object is passed on.
@@ -98,7 +98,7 @@ pub fn answer(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8
                 .ok()
                 .filter(|v| v.kind() == ValueKind::Map);
             let Some(output) = output else {
-                return Err(EdgeReply::ExecutorError {
+                return Err(Refusal::ExecutorError {
                     upstream_status: status,
                     detail: "flow executor output is not a JSON object",
                 });
@@ -109,14 +109,14 @@ pub fn answer(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8
     };
     let Some(template) = &flow.response else {
         // `plan` passes sync flows without a template straight through.
-        return Err(EdgeReply::ExecutorError {
+        return Err(Refusal::ExecutorError {
             upstream_status: status,
             detail: "flow has no response template",
         });
     };
     let body = template
         .render(&context)
-        .map_err(|detail| EdgeReply::TemplateError { detail })?;
+        .map_err(|detail| Refusal::TemplateError { detail })?;
     Ok(Reply {
         status: template.status,
         headers: vec![("content-type", template.content_type.clone())],
@@ -153,9 +153,9 @@ mod tests {
         PluginConfig::parse(config.to_string().as_bytes()).unwrap()
     }
 
-    fn answer_for(id: &str, body: serde_json::Value, executor: &str) -> Result<Reply, EdgeReply> {
+    fn answer_for(id: &str, body: serde_json::Value, executor: &str) -> Result<Reply, Refusal> {
         let config = flows();
-        answer(
+        reply(
             config.flows.get(id).unwrap(),
             200,
             Value::from_serialize(body),
@@ -163,31 +163,31 @@ mod tests {
         )
     }
 
-    fn via_upstream(status: u16) -> ExecutorHead {
-        ExecutorHead::new(status, || b"via_upstream".to_vec())
+    fn via_upstream(status: u16) -> AnswerHead {
+        AnswerHead::new(status, || b"via_upstream".to_vec())
     }
 
     #[test]
     fn envoy_router_replies_become_executor_faults() {
         let config = flows();
         let flow = config.flows.get("plain").unwrap();
-        let refused = ExecutorHead::new(503, || {
+        let refused = AnswerHead::new(503, || {
             b"upstream_reset_before_response_started{remote_connection_failure}".to_vec()
         });
-        assert_eq!(plan(flow, refused), ResponsePlan::Reply(EdgeReply::ExecutorUnavailable));
+        assert_eq!(plan(flow, refused), AnswerPlan::Refuse(Refusal::ExecutorUnavailable));
         assert_eq!(
-            plan(flow, ExecutorHead::new(504, || b"response_timeout".to_vec())),
-            ResponsePlan::Reply(EdgeReply::ExecutorTimeout)
+            plan(flow, AnswerHead::new(504, || b"response_timeout".to_vec())),
+            AnswerPlan::Refuse(Refusal::ExecutorTimeout)
         );
         assert_eq!(
-            plan(flow, ExecutorHead::new(503, || b"no_healthy_upstream".to_vec())),
-            ResponsePlan::Reply(EdgeReply::ExecutorUnavailable)
+            plan(flow, AnswerHead::new(503, || b"no_healthy_upstream".to_vec())),
+            AnswerPlan::Refuse(Refusal::ExecutorUnavailable)
         );
     }
 
     #[test]
     fn a_2xx_is_the_executors_without_a_property_lookup() {
-        let head = ExecutorHead::new(200, || unreachable!("no lookup for a 2xx"));
+        let head = AnswerHead::new(200, || unreachable!("no lookup for a 2xx"));
         assert!(head.via_upstream);
     }
 
@@ -199,7 +199,7 @@ mod tests {
             assert!(
                 matches!(
                     plan,
-                    ResponsePlan::Reply(EdgeReply::ExecutorError {
+                    AnswerPlan::Refuse(Refusal::ExecutorError {
                         upstream_status: 500,
                         ..
                     })
@@ -214,12 +214,12 @@ mod tests {
         let config = flows();
         for status in [429, 503] {
             let plan = plan(config.flows.get("queued").unwrap(), via_upstream(status));
-            assert_eq!(plan, ResponsePlan::Reply(EdgeReply::ExecutorUnavailable), "{status}");
+            assert_eq!(plan, AnswerPlan::Refuse(Refusal::ExecutorUnavailable), "{status}");
         }
         let sync = plan(config.flows.get("plain").unwrap(), via_upstream(503));
         assert!(matches!(
             sync,
-            ResponsePlan::Reply(EdgeReply::ExecutorError {
+            AnswerPlan::Refuse(Refusal::ExecutorError {
                 upstream_status: 503,
                 ..
             })
@@ -231,15 +231,15 @@ mod tests {
         let config = flows();
         assert_eq!(
             plan(config.flows.get("plain").unwrap(), via_upstream(200)),
-            ResponsePlan::PassThrough
+            AnswerPlan::PassThrough
         );
         assert_eq!(
             plan(config.flows.get("seed").unwrap(), via_upstream(200)),
-            ResponsePlan::ReadBody
+            AnswerPlan::Hold
         );
         assert_eq!(
             plan(config.flows.get("queued").unwrap(), via_upstream(202)),
-            ResponsePlan::ReadBody
+            AnswerPlan::Hold
         );
     }
 
@@ -269,7 +269,7 @@ mod tests {
             assert!(
                 matches!(
                     error,
-                    EdgeReply::ExecutorError {
+                    Refusal::ExecutorError {
                         upstream_status: 200,
                         ..
                     }
@@ -304,7 +304,7 @@ mod tests {
     fn template_failures_are_template_errors() {
         let error = answer_for("broken", serde_json::Value::Null, r#"{"res1": {"value": 1}}"#).unwrap_err();
         assert!(
-            matches!(&error, EdgeReply::TemplateError { detail } if detail.contains("line 1")),
+            matches!(&error, Refusal::TemplateError { detail } if detail.contains("line 1")),
             "{error:?}"
         );
     }

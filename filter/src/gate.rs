@@ -8,7 +8,7 @@ use minijinja::Value;
 use crate::auth::{self, Credentials};
 use crate::body;
 use crate::config::{Flow, FlowStatus, Flows};
-use crate::reply::EdgeReply;
+use crate::reply::Refusal;
 use crate::route::{self, Route};
 
 /// Header-name prefix flowgate owns: removed from every request, set only by flowgate.
@@ -54,7 +54,7 @@ pub enum Verdict<'p> {
     Pass,
     /// Answer at the edge; the executor never sees the request. `flow_id` is the
     /// path's flow segment (empty when the path was refused before it).
-    Reply { reply: EdgeReply, flow_id: &'p str },
+    Refuse { refusal: Refusal, flow_id: &'p str },
     /// Forward to the executor once the body (if it must be read) passes.
     Admit(Admission),
 }
@@ -105,9 +105,9 @@ impl Admission {
     }
 
     /// Checks a growing body's size; called as it arrives.
-    pub fn check_size(&self, received: u64) -> Result<(), EdgeReply> {
+    pub fn check_size(&self, received: u64) -> Result<(), Refusal> {
         if received > self.flow.max_body_bytes {
-            return Err(EdgeReply::PayloadTooLarge {
+            return Err(Refusal::PayloadTooLarge {
                 limit: self.flow.max_body_bytes,
             });
         }
@@ -117,9 +117,9 @@ impl Admission {
     /// Checks the whole body, the last step before the run, and returns it as the
     /// response template will see it (none when the flow keeps no body). A JSON body
     /// is parsed once, for both.
-    pub fn check_body(&self, content_type: Option<&[u8]>, bytes: &[u8]) -> Result<Value, EdgeReply> {
+    pub fn check_body(&self, content_type: Option<&[u8]>, bytes: &[u8]) -> Result<Value, Refusal> {
         self.check_size(bytes.len() as u64)?;
-        let invalid = |detail| EdgeReply::InvalidBody { detail };
+        let invalid = |detail| Refusal::InvalidBody { detail };
         match self.body {
             BodyUse::ParseJson => body::parse_json(bytes).map_err(invalid),
             BodyUse::CheckJson => body::check_json(bytes).map(|()| Value::UNDEFINED).map_err(invalid),
@@ -149,8 +149,8 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
         // it and an executor read it as a webhook: judge its spelling like any other.
         return match route::route(prefix, &String::from_utf8_lossy(path)) {
             Route::Outside => Verdict::Pass,
-            Route::Webhook { .. } | Route::NonCanonical => Verdict::Reply {
-                reply: EdgeReply::InvalidPath,
+            Route::Webhook { .. } | Route::NonCanonical => Verdict::Refuse {
+                refusal: Refusal::InvalidPath,
                 flow_id: "",
             },
         };
@@ -158,22 +158,22 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
     let flow_id = match route::route(prefix, path) {
         Route::Outside => return Verdict::Pass,
         Route::NonCanonical => {
-            return Verdict::Reply {
-                reply: EdgeReply::InvalidPath,
+            return Verdict::Refuse {
+                refusal: Refusal::InvalidPath,
                 flow_id: "",
             }
         }
         Route::Webhook { flow_id } => flow_id,
     };
-    let refuse = |reply| Verdict::Reply { reply, flow_id };
+    let refuse = |refusal| Verdict::Refuse { refusal, flow_id };
     let Some(flows) = flows else {
-        return refuse(EdgeReply::DirectoryUnavailable);
+        return refuse(Refusal::DirectoryUnavailable);
     };
     let Some(flow) = flows.get(flow_id) else {
-        return refuse(EdgeReply::NotFound);
+        return refuse(Refusal::NotFound);
     };
     if !flow.methods.iter().any(|m| m.as_bytes() == head.method) {
-        return refuse(EdgeReply::MethodNotAllowed {
+        return refuse(Refusal::MethodNotAllowed {
             allow: flow.allow.clone(),
         });
     }
@@ -183,12 +183,12 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
         Credentials::Missing | Credentials::Malformed => false,
     };
     if !authorised {
-        return refuse(EdgeReply::Unauthorized {
+        return refuse(Refusal::Unauthorized {
             token_presented: credentials.token_presented(),
         });
     }
     if flow.status == FlowStatus::Paused {
-        return refuse(EdgeReply::Paused);
+        return refuse(Refusal::Paused);
     }
     let admission = Admission {
         flow: Rc::clone(flow),
@@ -250,7 +250,7 @@ mod tests {
             &RequestHead::from_headers(&pairs),
         ) {
             Verdict::Pass => Err("pass"),
-            Verdict::Reply { reply, .. } => Err(reply.code().as_str()),
+            Verdict::Refuse { refusal, .. } => Err(refusal.code().as_str()),
             Verdict::Admit(admission) => Ok(admission),
         }
     }
@@ -374,7 +374,7 @@ mod tests {
                 &RequestHead::from_headers(&pairs),
             ) {
                 Verdict::Pass => "pass",
-                Verdict::Reply { reply, .. } => reply.code().as_str(),
+                Verdict::Refuse { refusal, .. } => refusal.code().as_str(),
                 Verdict::Admit(_) => "admit",
             }
         };
@@ -392,8 +392,8 @@ mod tests {
         let verdict = decide("/v1/flow-webhook/", None, &RequestHead::from_headers(&pairs));
         assert!(matches!(
             verdict,
-            Verdict::Reply {
-                reply: EdgeReply::DirectoryUnavailable,
+            Verdict::Refuse {
+                refusal: Refusal::DirectoryUnavailable,
                 flow_id: "f-1"
             }
         ));

@@ -12,7 +12,7 @@ pub enum Counter {
     /// A webhook forwarded to the executor.
     Admitted(Mode),
     /// An admitted webhook answered with its template or the async acknowledgement.
-    Answered,
+    Rendered,
     /// A reply made at the edge, by its envelope `error` code.
     Refused(Code),
     /// Directory answers with a flow list.
@@ -36,7 +36,7 @@ impl Counter {
             Counter::Passed,
             Counter::Admitted(Mode::Sync),
             Counter::Admitted(Mode::Async),
-            Counter::Answered,
+            Counter::Rendered,
             Counter::FetchOk,
             Counter::FetchNotModified,
             Counter::FetchFailed,
@@ -49,7 +49,7 @@ impl Counter {
         match self {
             Counter::Passed => request("passed"),
             Counter::Admitted(mode) => request(&format!("admitted_{}", mode.as_str())),
-            Counter::Answered => request("answered"),
+            Counter::Rendered => request("answered"),
             Counter::Refused(code) => request(code.as_str()),
             Counter::FetchOk => "flowgate.directory.fetch_ok".into(),
             Counter::FetchNotModified => "flowgate.directory.fetch_not_modified".into(),

@@ -1,4 +1,7 @@
-//! The replies flowgate makes itself: one JSON envelope for every outcome decided at the edge.
+//! What flowgate sends back itself. Words used throughout: a `Reply` is an HTTP answer to
+//! the sender; a `Refusal` is every outcome the edge answers with the JSON envelope instead
+//! of the flow's answer (a refused request, or an executor that failed); its `Code` is the
+//! envelope's `error`. The executor's own response is the *answer* (`answer.rs`).
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -9,9 +12,9 @@ pub const PAUSED_BODY: &str = r#"{"status":200,"error":"biz_logic","message":"Fl
 /// Seconds a sender should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "5";
 
-/// Everything the edge can answer on its own, in the contract's words.
+/// Everything the edge answers with an envelope, in the contract's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EdgeReply {
+pub enum Refusal {
     /// Request headers or trailers that cannot be read: refused, never passed unread.
     UnreadableRequest,
     /// A path that only normalises into the webhook prefix (`//`, `%2F`, `..`, case...).
@@ -58,7 +61,7 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// The envelope's `error` codes: one per kind of edge reply.
+/// The envelope's `error` codes: one per kind of refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {
     InvalidRequest,
@@ -112,44 +115,44 @@ impl Code {
     }
 }
 
-impl EdgeReply {
+impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
-            EdgeReply::UnreadableRequest | EdgeReply::InvalidPath | EdgeReply::InvalidBody { .. } => 400,
-            EdgeReply::Unauthorized { .. } => 401,
-            EdgeReply::NotFound => 404,
-            EdgeReply::MethodNotAllowed { .. } => 405,
-            EdgeReply::PayloadTooLarge { .. } => 413,
-            EdgeReply::TemplateError { .. } => 500,
-            EdgeReply::ExecutorError { .. } => 502,
-            EdgeReply::ExecutorUnavailable | EdgeReply::DirectoryUnavailable => 503,
-            EdgeReply::ExecutorTimeout => 504,
-            EdgeReply::Paused => 200,
+            Refusal::UnreadableRequest | Refusal::InvalidPath | Refusal::InvalidBody { .. } => 400,
+            Refusal::Unauthorized { .. } => 401,
+            Refusal::NotFound => 404,
+            Refusal::MethodNotAllowed { .. } => 405,
+            Refusal::PayloadTooLarge { .. } => 413,
+            Refusal::TemplateError { .. } => 500,
+            Refusal::ExecutorError { .. } => 502,
+            Refusal::ExecutorUnavailable | Refusal::DirectoryUnavailable => 503,
+            Refusal::ExecutorTimeout => 504,
+            Refusal::Paused => 200,
         }
     }
 
     /// The envelope's `error` code; also names the outcome's metric.
     pub fn code(&self) -> Code {
         match self {
-            EdgeReply::UnreadableRequest => Code::InvalidRequest,
-            EdgeReply::InvalidPath => Code::InvalidPath,
-            EdgeReply::NotFound => Code::NotFound,
-            EdgeReply::MethodNotAllowed { .. } => Code::MethodNotAllowed,
-            EdgeReply::Unauthorized { .. } => Code::Unauthorized,
-            EdgeReply::Paused => Code::BizLogic,
-            EdgeReply::PayloadTooLarge { .. } => Code::PayloadTooLarge,
-            EdgeReply::InvalidBody { .. } => Code::InvalidBody,
-            EdgeReply::ExecutorError { .. } => Code::ExecutorError,
-            EdgeReply::ExecutorUnavailable => Code::ExecutorUnavailable,
-            EdgeReply::ExecutorTimeout => Code::ExecutorTimeout,
-            EdgeReply::TemplateError { .. } => Code::TemplateError,
-            EdgeReply::DirectoryUnavailable => Code::DirectoryUnavailable,
+            Refusal::UnreadableRequest => Code::InvalidRequest,
+            Refusal::InvalidPath => Code::InvalidPath,
+            Refusal::NotFound => Code::NotFound,
+            Refusal::MethodNotAllowed { .. } => Code::MethodNotAllowed,
+            Refusal::Unauthorized { .. } => Code::Unauthorized,
+            Refusal::Paused => Code::BizLogic,
+            Refusal::PayloadTooLarge { .. } => Code::PayloadTooLarge,
+            Refusal::InvalidBody { .. } => Code::InvalidBody,
+            Refusal::ExecutorError { .. } => Code::ExecutorError,
+            Refusal::ExecutorUnavailable => Code::ExecutorUnavailable,
+            Refusal::ExecutorTimeout => Code::ExecutorTimeout,
+            Refusal::TemplateError { .. } => Code::TemplateError,
+            Refusal::DirectoryUnavailable => Code::DirectoryUnavailable,
         }
     }
 
     pub fn reply(&self) -> Reply {
         let mut headers = vec![("content-type", "application/json".to_string())];
-        if let EdgeReply::Paused = self {
+        if let Refusal::Paused = self {
             return Reply {
                 status: 200,
                 headers,
@@ -158,16 +161,16 @@ impl EdgeReply {
         }
         let mut data: Option<Box<RawValue>> = None;
         let message: std::borrow::Cow<'_, str> = match self {
-            EdgeReply::UnreadableRequest => "request headers or trailers could not be read".into(),
-            EdgeReply::InvalidPath => {
+            Refusal::UnreadableRequest => "request headers or trailers could not be read".into(),
+            Refusal::InvalidPath => {
                 "webhook path is not in canonical form; use the prefix followed by the flow id".into()
             }
-            EdgeReply::NotFound => "no flow at this webhook path".into(),
-            EdgeReply::MethodNotAllowed { allow } => {
+            Refusal::NotFound => "no flow at this webhook path".into(),
+            Refusal::MethodNotAllowed { allow } => {
                 headers.push(("allow", allow.clone()));
                 format!("method not allowed for this flow; allowed: {allow}").into()
             }
-            EdgeReply::Unauthorized { token_presented } => {
+            Refusal::Unauthorized { token_presented } => {
                 let challenge = if *token_presented {
                     r#"Bearer realm="flowgate", error="invalid_token""#
                 } else {
@@ -180,28 +183,28 @@ impl EdgeReply {
                     "missing bearer token: send Authorization: Bearer <token>".into()
                 }
             }
-            EdgeReply::PayloadTooLarge { limit } => {
+            Refusal::PayloadTooLarge { limit } => {
                 format!("request body exceeds the flow's limit of {limit} bytes").into()
             }
-            EdgeReply::InvalidBody { detail } => format!("request body is not valid JSON: {detail}").into(),
-            EdgeReply::ExecutorError {
+            Refusal::InvalidBody { detail } => format!("request body is not valid JSON: {detail}").into(),
+            Refusal::ExecutorError {
                 upstream_status,
                 detail,
             } => {
                 data = RawValue::from_string(format!("{{\"upstream_status\":{upstream_status}}}")).ok();
                 (*detail).into()
             }
-            EdgeReply::ExecutorUnavailable => {
+            Refusal::ExecutorUnavailable => {
                 headers.push(("retry-after", RETRY_AFTER_SECONDS.to_string()));
                 "flow executor unavailable; retry later".into()
             }
-            EdgeReply::ExecutorTimeout => "flow executor did not answer in time".into(),
-            EdgeReply::TemplateError { detail } => detail.as_str().into(),
-            EdgeReply::DirectoryUnavailable => {
+            Refusal::ExecutorTimeout => "flow executor did not answer in time".into(),
+            Refusal::TemplateError { detail } => detail.as_str().into(),
+            Refusal::DirectoryUnavailable => {
                 headers.push(("retry-after", RETRY_AFTER_SECONDS.to_string()));
                 "flows are not loaded yet; retry later".into()
             }
-            EdgeReply::Paused => "".into(),
+            Refusal::Paused => "".into(),
         };
         let envelope = Envelope {
             status: self.status(),
@@ -249,7 +252,7 @@ mod tests {
 
     #[test]
     fn paused_reply_is_the_platforms_bytes() {
-        let reply = EdgeReply::Paused.reply();
+        let reply = Refusal::Paused.reply();
         assert_eq!(reply.status, 200);
         assert_eq!(
             String::from_utf8(reply.body).unwrap(),
@@ -259,7 +262,7 @@ mod tests {
 
     #[test]
     fn envelope_has_exactly_four_fields_in_order() {
-        let reply = EdgeReply::NotFound.reply();
+        let reply = Refusal::NotFound.reply();
         let text = String::from_utf8(reply.body.clone()).unwrap();
         assert!(
             text.starts_with(r#"{"status":404,"error":"not_found","message":"#),
@@ -270,11 +273,11 @@ mod tests {
 
     #[test]
     fn unauthorized_challenge_depends_on_presented_token() {
-        let without = EdgeReply::Unauthorized { token_presented: false }.reply();
+        let without = Refusal::Unauthorized { token_presented: false }.reply();
         assert!(without
             .headers
             .contains(&("www-authenticate", r#"Bearer realm="flowgate""#.into())));
-        let with = EdgeReply::Unauthorized { token_presented: true }.reply();
+        let with = Refusal::Unauthorized { token_presented: true }.reply();
         assert!(with.headers.contains(&(
             "www-authenticate",
             r#"Bearer realm="flowgate", error="invalid_token""#.into()
@@ -283,7 +286,7 @@ mod tests {
 
     #[test]
     fn executor_error_carries_upstream_status() {
-        let reply = EdgeReply::ExecutorError {
+        let reply = Refusal::ExecutorError {
             upstream_status: 500,
             detail: "flow executor failed",
         }
@@ -294,7 +297,7 @@ mod tests {
 
     #[test]
     fn unavailable_replies_ask_for_a_retry() {
-        for reply in [EdgeReply::ExecutorUnavailable, EdgeReply::DirectoryUnavailable] {
+        for reply in [Refusal::ExecutorUnavailable, Refusal::DirectoryUnavailable] {
             assert!(reply.reply().headers.iter().any(|(name, _)| *name == "retry-after"));
         }
     }

@@ -18,11 +18,11 @@ mod host;
 
 pub use host::{Action, Host, Site};
 
-use crate::answer::{self, ExecutorHead, ResponsePlan};
+use crate::answer::{self, AnswerHead, AnswerPlan};
 use crate::config::Mode;
 use crate::gate::{self, Admission, RequestHead, Verdict};
 use crate::metrics::Counter;
-use crate::reply::{EdgeReply, Reply};
+use crate::reply::{Refusal, Reply};
 use crate::wire;
 
 /// Largest executor answer flowgate holds to render a reply: Envoy's default
@@ -55,11 +55,11 @@ enum Phase {
         received: usize,
     },
     /// Refused; reading the rest of a short announced body before answering.
-    Draining { refusal: EdgeReply, limit: u64 },
+    Draining { refusal: Refusal, limit: u64 },
     /// Handed to the executor; `request_body` is what templates see as `<ref_id>`.
     Forwarded { admission: Admission, request_body: Value },
     /// Holding the executor's 2xx answer to render the sender's reply.
-    ReadingAnswer {
+    HoldingAnswer {
         admission: Admission,
         request_body: Value,
         status: u16,
@@ -69,7 +69,7 @@ enum Phase {
     PassingAnswer,
     /// flowgate answered (or Envoy did, while flowgate held the request): the request
     /// never continues, the reply passes back untouched.
-    Answered,
+    Replied,
 }
 
 /// The state of one stream.
@@ -86,15 +86,15 @@ impl Stream {
             return self.keep(phase, Direction::Request);
         }
         let Some(map) = host.request_headers() else {
-            return self.refuse(host, EdgeReply::UnreadableRequest);
+            return self.refuse(host, Refusal::UnreadableRequest);
         };
         let Some(headers) = wire::decode_header_map(&map) else {
-            return self.refuse(host, EdgeReply::UnreadableRequest);
+            return self.refuse(host, Refusal::UnreadableRequest);
         };
         for (name, _) in headers.iter().filter(|(name, _)| gate::is_own_header(name)) {
             match std::str::from_utf8(name) {
                 Ok(name) => host.set_request_header(name, None),
-                Err(_) => return self.refuse(host, EdgeReply::UnreadableRequest),
+                Err(_) => return self.refuse(host, Refusal::UnreadableRequest),
             }
         }
         let head = RequestHead::from_headers(&headers);
@@ -104,7 +104,7 @@ impl Stream {
                 self.phase = Phase::Passing;
                 return Action::Continue;
             }
-            Verdict::Reply { reply, flow_id } => {
+            Verdict::Refuse { refusal, flow_id } => {
                 let flow_limit = site
                     .flows
                     .and_then(|flows| flows.get(flow_id))
@@ -112,13 +112,13 @@ impl Stream {
                 let limit = DRAIN_BYTES.min(flow_limit.unwrap_or(site.max_body_bytes));
                 let drains = !end_of_stream
                     && !head.expects_continue
-                    && !matches!(reply, EdgeReply::PayloadTooLarge { .. })
+                    && !matches!(refusal, Refusal::PayloadTooLarge { .. })
                     && head.content_length.is_some_and(|length| length <= limit);
                 if drains {
-                    self.phase = Phase::Draining { refusal: reply, limit };
+                    self.phase = Phase::Draining { refusal, limit };
                     return Action::Pause;
                 }
-                return self.refuse(host, reply);
+                return self.refuse(host, refusal);
             }
             Verdict::Admit(admission) => admission,
         };
@@ -177,15 +177,15 @@ impl Stream {
                 received,
             } => {
                 if !strip_trailers(host, true) {
-                    return self.refuse(host, EdgeReply::UnreadableRequest);
+                    return self.refuse(host, Refusal::UnreadableRequest);
                 }
                 let body = host.request_body(received);
                 self.finish_request(host, admission, content_type.as_deref(), &body)
             }
-            phase @ (Phase::Passing | Phase::Forwarded { .. } | Phase::ReadingAnswer { .. } | Phase::PassingAnswer) => {
+            phase @ (Phase::Passing | Phase::Forwarded { .. } | Phase::HoldingAnswer { .. } | Phase::PassingAnswer) => {
                 let admitted = !matches!(phase, Phase::Passing);
                 if !strip_trailers(host, admitted) {
-                    return self.refuse(host, EdgeReply::UnreadableRequest);
+                    return self.refuse(host, Refusal::UnreadableRequest);
                 }
                 self.phase = phase;
                 Action::Continue
@@ -203,7 +203,7 @@ impl Stream {
             Phase::ReadingRequest { .. } | Phase::Draining { .. } | Phase::Start => {
                 // Envoy answers itself while flowgate holds the request (its own 413 for a
                 // body over its buffer, a timeout): the request never continues.
-                self.phase = Phase::Answered;
+                self.phase = Phase::Replied;
                 return Action::Continue;
             }
             phase => return self.keep(phase, Direction::Response),
@@ -212,21 +212,21 @@ impl Stream {
             .response_header(":status")
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
             .unwrap_or(0);
-        let head = ExecutorHead::new(status, || host.code_details());
+        let head = AnswerHead::new(status, || host.code_details());
         match answer::plan(&admission.flow, head) {
-            ResponsePlan::PassThrough => {
+            AnswerPlan::PassThrough => {
                 self.phase = Phase::PassingAnswer;
                 Action::Continue
             }
-            ResponsePlan::Reply(fault) => self.refuse(host, fault),
-            ResponsePlan::ReadBody => {
+            AnswerPlan::Refuse(fault) => self.refuse(host, fault),
+            AnswerPlan::Hold => {
                 let announced = host
                     .response_header("content-length")
                     .and_then(|s| std::str::from_utf8(&s).ok()?.trim().parse::<usize>().ok());
                 if announced.is_some_and(|length| length > MAX_ANSWER_BYTES) {
                     return self.too_large(host, &admission, request_body, status);
                 }
-                self.phase = Phase::ReadingAnswer {
+                self.phase = Phase::HoldingAnswer {
                     admission,
                     request_body,
                     status,
@@ -242,25 +242,25 @@ impl Stream {
 
     pub fn on_response_body(&mut self, host: &mut impl Host, size: usize, end_of_stream: bool) -> Action {
         match std::mem::take(&mut self.phase) {
-            Phase::ReadingAnswer {
+            Phase::HoldingAnswer {
                 admission,
                 request_body,
                 status,
                 ..
             } if size > MAX_ANSWER_BYTES => self.too_large(host, &admission, request_body, status),
-            Phase::ReadingAnswer {
+            Phase::HoldingAnswer {
                 admission,
                 request_body,
                 status,
                 ..
             } if end_of_stream => self.finish_answer(host, &admission, request_body, status, size),
-            Phase::ReadingAnswer {
+            Phase::HoldingAnswer {
                 admission,
                 request_body,
                 status,
                 ..
             } => {
-                self.phase = Phase::ReadingAnswer {
+                self.phase = Phase::HoldingAnswer {
                     admission,
                     request_body,
                     status,
@@ -275,7 +275,7 @@ impl Stream {
     /// Trailers end the answer: a held one is replaced, its trailers dropped with it.
     pub fn on_response_trailers(&mut self, host: &mut impl Host) -> Action {
         match std::mem::take(&mut self.phase) {
-            Phase::ReadingAnswer {
+            Phase::HoldingAnswer {
                 admission,
                 request_body,
                 status,
@@ -291,8 +291,8 @@ impl Stream {
         let holds = match phase {
             Phase::Start | Phase::ReadingRequest { .. } | Phase::Draining { .. } => direction == Direction::Request,
             // Only the reply flowgate made (or Envoy's) is still to pass back.
-            Phase::Answered => direction == Direction::Request,
-            Phase::ReadingAnswer { .. } => direction == Direction::Response,
+            Phase::Replied => direction == Direction::Request,
+            Phase::HoldingAnswer { .. } => direction == Direction::Response,
             Phase::Passing | Phase::Forwarded { .. } | Phase::PassingAnswer => false,
         };
         self.phase = phase;
@@ -334,9 +334,9 @@ impl Stream {
         size: usize,
     ) -> Action {
         let output = host.response_body(size);
-        match answer::answer(&admission.flow, status, request_body, &output) {
+        match answer::reply(&admission.flow, status, request_body, &output) {
             Ok(reply) => {
-                host.count(Counter::Answered);
+                host.count(Counter::Rendered);
                 self.send(host, &reply)
             }
             Err(fault) => self.refuse(host, fault),
@@ -347,27 +347,27 @@ impl Stream {
     /// was accepted all the same (2xx), so it is acknowledged without the executor's object.
     fn too_large(&mut self, host: &mut impl Host, admission: &Admission, request_body: Value, status: u16) -> Action {
         if admission.flow.mode == Mode::Async {
-            if let Ok(reply) = answer::answer(&admission.flow, status, request_body, &[]) {
-                host.count(Counter::Answered);
+            if let Ok(reply) = answer::reply(&admission.flow, status, request_body, &[]) {
+                host.count(Counter::Rendered);
                 return self.send(host, &reply);
             }
         }
         self.refuse(
             host,
-            EdgeReply::ExecutorError {
+            Refusal::ExecutorError {
                 upstream_status: status,
                 detail: "flow executor output is too large",
             },
         )
     }
 
-    fn refuse(&mut self, host: &mut impl Host, refusal: EdgeReply) -> Action {
+    fn refuse(&mut self, host: &mut impl Host, refusal: Refusal) -> Action {
         host.count(Counter::Refused(refusal.code()));
         self.send(host, &refusal.reply())
     }
 
     fn send(&mut self, host: &mut impl Host, reply: &Reply) -> Action {
-        self.phase = Phase::Answered;
+        self.phase = Phase::Replied;
         host.send(reply);
         Action::Pause
     }

@@ -7,27 +7,27 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::abi;
-use super::root::Edge;
+use super::root::Vm;
 use crate::metrics::Counter;
 use crate::reply::Reply;
 use crate::stream::{self, Host, Site, Stream};
 
 pub struct Http {
-    edge: Rc<Edge>,
+    vm: Rc<Vm>,
     stream: Stream,
 }
 
 impl Http {
-    pub fn new(edge: Rc<Edge>) -> Self {
+    pub fn new(vm: Rc<Vm>) -> Self {
         Http {
-            edge,
+            vm,
             stream: Stream::default(),
         }
     }
 }
 
 /// The proxy-wasm side of a stream's host calls.
-struct Calls<'a>(&'a Edge);
+struct Calls<'a>(&'a Vm);
 
 impl Host for Calls<'_> {
     fn request_headers(&mut self) -> Option<Vec<u8>> {
@@ -90,36 +90,33 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        let edge = &*self.edge;
-        let flows = edge.flows.borrow();
+        let vm = &*self.vm;
+        let flows = vm.flows.borrow();
         let site = Site {
-            prefix: &edge.prefix,
+            prefix: &vm.prefix,
             flows: flows.as_deref(),
-            max_body_bytes: edge.max_body_bytes,
+            max_body_bytes: vm.max_body_bytes,
         };
-        action(self.stream.on_request_headers(&mut Calls(edge), site, end_of_stream))
+        action(self.stream.on_request_headers(&mut Calls(vm), site, end_of_stream))
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        action(self.stream.on_request_body(&mut Calls(&self.edge), size, end_of_stream))
+        action(self.stream.on_request_body(&mut Calls(&self.vm), size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
-        action(self.stream.on_request_trailers(&mut Calls(&self.edge)))
+        action(self.stream.on_request_trailers(&mut Calls(&self.vm)))
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        action(self.stream.on_response_headers(&mut Calls(&self.edge), end_of_stream))
+        action(self.stream.on_response_headers(&mut Calls(&self.vm), end_of_stream))
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.stream
-                .on_response_body(&mut Calls(&self.edge), size, end_of_stream),
-        )
+        action(self.stream.on_response_body(&mut Calls(&self.vm), size, end_of_stream))
     }
 
     fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
-        action(self.stream.on_response_trailers(&mut Calls(&self.edge)))
+        action(self.stream.on_response_trailers(&mut Calls(&self.vm)))
     }
 }

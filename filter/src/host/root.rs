@@ -19,7 +19,7 @@ use crate::directory::shared::{Key, Keys};
 use crate::directory::sync::{Answer, Command, Event, Level, Shared, Sync};
 
 /// What every stream of this VM reads.
-pub struct Edge {
+pub struct Vm {
     pub prefix: String,
     /// `None` while a live directory has never loaded and no static flows exist.
     pub flows: RefCell<Option<Rc<Flows>>>,
@@ -33,15 +33,15 @@ const LOG_LEVEL_CHECK_MS: u64 = 1000;
 
 #[derive(Default)]
 pub struct Root {
-    edge: Option<Rc<Edge>>,
+    vm: Option<Rc<Vm>>,
     directory: Option<(Sync, Keys)>,
     last_tick_ms: u64,
 }
 
 impl Root {
     fn drive(&mut self, event: Event) {
-        if let (Some(edge), Some((sync, keys))) = (&self.edge, &mut self.directory) {
-            sync.run(event, |command| execute(edge, keys, command));
+        if let (Some(vm), Some((sync, keys))) = (&self.vm, &mut self.directory) {
+            sync.run(event, |command| execute(vm, keys, command));
         }
     }
 }
@@ -92,7 +92,7 @@ impl RootContext for Root {
                 abi::set_tick_period_ms(LOG_LEVEL_CHECK_MS);
             }
         }
-        self.edge = Some(Rc::new(Edge {
+        self.vm = Some(Rc::new(Vm {
             prefix: config.webhook_path_prefix,
             flows: RefCell::new(flows),
             max_body_bytes: config.max_body_bytes,
@@ -120,8 +120,8 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let edge = Rc::clone(self.edge.as_ref()?);
-        Some(Box::new(Http::new(edge)))
+        let vm = Rc::clone(self.vm.as_ref()?);
+        Some(Box::new(Http::new(vm)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -135,7 +135,7 @@ fn read(keys: &Keys, key: Key) -> Shared {
 }
 
 /// Carries out one command of the sync; the reply, if it has one.
-fn execute(edge: &Edge, keys: &Keys, command: Command) -> Option<Event> {
+fn execute(vm: &Vm, keys: &Keys, command: Command) -> Option<Event> {
     match command {
         Command::Fetch {
             cluster,
@@ -155,10 +155,10 @@ fn execute(edge: &Edge, keys: &Keys, command: Command) -> Option<Event> {
             let ok = abi::set_shared_data(keys.name(access.key()), &value, cas);
             return Some(Event::Wrote { access, ok });
         }
-        Command::Serve(flows) => *edge.flows.borrow_mut() = Some(flows),
+        Command::Serve(flows) => *vm.flows.borrow_mut() = Some(flows),
         Command::TickEvery(ms) => abi::set_tick_period_ms(ms),
-        Command::Count(counter) => edge.metrics.count(counter),
-        Command::Gauge(gauge, value) => edge.metrics.set(gauge, value),
+        Command::Count(counter) => vm.metrics.count(counter),
+        Command::Gauge(gauge, value) => vm.metrics.set(gauge, value),
         Command::Log(Level::Info, message) => log::info!("flowgate: {message}"),
         Command::Log(Level::Warn, message) => log::warn!("flowgate: {message}"),
     }
