@@ -500,13 +500,7 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
     // The filter's own counters saw at least what the senders saw (more: wrk stops with
     // requests in flight that Envoy still answers).
     let stats = envoy.stats();
-    let stat = |name: &str| {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("wasmcustom.flowgate.requests.{name}: ")))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let stat = |name: &str| stats.value(&format!("wasmcustom.flowgate.requests.{name}"));
     let observed = |prefix: &str| {
         counts
             .iter()
