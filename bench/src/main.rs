@@ -548,3 +548,35 @@ fn envoy_version(binary: &Path) -> String {
         .map(|v| format!("Envoy {v}"))
         .unwrap_or_else(|| "Envoy".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> Options {
+        Options::from(Cli::try_parse_from(std::iter::once("flowgate-bench").chain(args.iter().copied())).unwrap())
+    }
+
+    #[test]
+    fn flags_keep_their_defaults_and_quick_is_a_smoke_run() {
+        let o = options(&[]);
+        assert_eq!((o.seconds, o.rounds, o.warmup, o.connections), (3, 5, 1, 16));
+        assert!(o.memory && o.pin && !o.profile && o.only.is_none());
+        assert_eq!((o.port_base, o.out.as_path()), (18900, Path::new("bench/results")));
+        let o = options(&["--quick"]);
+        assert_eq!((o.seconds, o.rounds, o.warmup, o.memory), (1, 1, 0, false));
+        let o = options(&[
+            "--quick",
+            "--seconds",
+            "2",
+            "--only",
+            "sync,pass",
+            "--no-pin",
+            "--seconds",
+            "0",
+        ]);
+        assert_eq!((o.seconds, o.pin), (1, false), "the last --seconds wins, at least 1");
+        assert_eq!(o.only, Some(vec!["sync".to_string(), "pass".to_string()]));
+        assert!(Cli::try_parse_from(["flowgate-bench", "--port-base", "70000"]).is_err());
+    }
+}
