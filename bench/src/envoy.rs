@@ -1,13 +1,15 @@
 //! One Envoy for the benchmark: its bootstrap (an upstream that answers like a flow executor,
-//! and the plain, Lua and flowgate listeners in front of it) and the running process.
+//! and the plain, Lua and flowgate listeners in front of it), built from testkit's bootstrap
+//! blocks, and the running process (testkit's launcher).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use flowgate_e2e::{wasm_filter, Connection, Response};
+use flowgate_testkit::envoy::bootstrap::{cluster, http_listener, route_all_to, static_bootstrap, wasm_filter};
+use flowgate_testkit::envoy::{admin_stats, Process};
+use flowgate_testkit::http::{Connection, Response};
 
 use crate::plan::{Listener, MAX_BODY_BYTES};
 
@@ -78,30 +80,17 @@ pub fn bootstrap(ports: Ports, listeners: &[Listener], filters: &Filters<'_>) ->
             })),
             Listener::Flowgate => Some(wasm_filter(filters.wasm, filters.plugin_config)),
         };
-        let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "15s"}}]);
-        all.push(listener_json(
+        all.push(http_listener(
             listener.name(),
             ports.listener(listener),
-            routes,
+            BUFFER_LIMIT,
+            route_all_to("upstream", Duration::from_secs(15)),
             filter.into_iter().collect(),
         ));
     }
-    json!({
-        "admin": {"address": socket(ports.admin())},
-        "static_resources": {
-            "listeners": all,
-            "clusters": [{
-                "name": "upstream",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
-                "load_assignment": {
-                    "cluster_name": "upstream",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(ports.upstream())}}]}],
-                },
-            }],
-        },
-    })
+    let mut upstream = cluster("upstream", ports.upstream());
+    upstream["per_connection_buffer_limit_bytes"] = json!(BUFFER_LIMIT);
+    static_bootstrap(ports.admin(), all, vec![upstream])
 }
 
 /// The fast upstream: reads the whole request (like an executor would), then answers the
@@ -128,46 +117,20 @@ fn upstream_listener(ports: Ports) -> Value {
             "max_request_bytes": BUFFER_LIMIT,
         },
     });
-    listener_json("upstream", ports.upstream(), routes, vec![buffer])
+    http_listener("upstream", ports.upstream(), BUFFER_LIMIT, routes, vec![buffer])
 }
 
-fn listener_json(name: &str, port: u16, routes: Value, mut filters: Vec<Value>) -> Value {
-    filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }));
-    json!({
-        "name": name,
-        "address": socket(port),
-        "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": name,
-                "codec_type": "AUTO",
-                "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
-                "http_filters": filters,
-            },
-        }]}],
-    })
-}
-
-fn socket(port: u16) -> Value {
-    json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})
-}
-
-/// A running Envoy; killed when dropped.
+/// A running Envoy (testkit's launcher, `--concurrency 1`); killed when dropped.
 pub struct Envoy {
-    child: Child,
+    process: Process,
     pub ports: Ports,
     /// From spawn until every listener answered.
     pub startup: Duration,
-    pub log: PathBuf,
 }
 
 impl Envoy {
     /// Starts Envoy on `config` (pinned to `cpu` when given) and waits until `listeners` answer.
+    /// Its log goes beside `config`, with the extension `log`.
     pub fn start(
         binary: &Path,
         config: &Path,
@@ -175,32 +138,12 @@ impl Envoy {
         listeners: &[Listener],
         cpu: Option<u32>,
     ) -> Result<Envoy, String> {
-        let log = config.with_extension("log");
-        let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut command = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string()]).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
-        command
-            .arg("-c")
-            .arg(config)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
         let started = Instant::now();
-        let child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let process = Process::spawn(binary, config, 1, cpu)?;
         let mut envoy = Envoy {
-            child,
+            process,
             ports,
             startup: Duration::ZERO,
-            log,
         };
         envoy.wait_ready(listeners, Duration::from_secs(180))?;
         envoy.startup = started.elapsed();
@@ -211,11 +154,17 @@ impl Envoy {
         let deadline = Instant::now() + limit;
         let mut pending: Vec<Listener> = listeners.to_vec();
         while !pending.is_empty() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("Envoy exited ({status}); see {}", self.log.display()));
+            if let Some(status) = self.process.exited() {
+                return Err(format!(
+                    "Envoy exited ({status}); see {}",
+                    self.process.log_path().display()
+                ));
             }
             if Instant::now() > deadline {
-                return Err(format!("Envoy not ready after {limit:?}; see {}", self.log.display()));
+                return Err(format!(
+                    "Envoy not ready after {limit:?}; see {}",
+                    self.process.log_path().display()
+                ));
             }
             let port = self.ports.listener(pending[0]);
             match request(port, "GET", "/healthz/ready", &[], b"") {
@@ -229,31 +178,19 @@ impl Envoy {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Resident memory (VmRSS) in bytes.
     pub fn rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        self.process.rss()
     }
 
     /// A counter from the admin `/stats` endpoint.
     pub fn counter(&self, name: &str) -> Option<u64> {
-        let path = format!("/stats?filter=^{name}$");
-        let response = request(self.ports.admin(), "GET", &path, &[], b"").ok()?;
-        let text = String::from_utf8_lossy(&response.body).into_owned();
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        admin_stats(self.ports.admin(), &format!("/stats?filter=^{name}$"))?
+            .get(name)
+            .copied()
     }
 }
 

@@ -14,27 +14,53 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use clap::{CommandFactory, Parser};
 use envoy::{Envoy, Filters, Ports};
-use flowgate_e2e::today;
+use flowgate_testkit::today;
 use plan::{Demo, Listener, Scenario};
 use report::{Measured, Memory, Report};
 
-const USAGE: &str = "usage: flowgate-bench [--quick] [--seconds N] [--rounds N] [--warmup N] [--connections N]
-                      [--only NAME,NAME] [--no-memory] [--profile] [--no-pin]
-                      [--port-base N] [--out DIR]
-  --quick          smoke test: --seconds 1 --rounds 1 --warmup 0 --no-memory
-  --seconds N      length of each measured wrk run (default 3)
-  --rounds N       rounds; each runs every listener once, in rotating order (default 5)
-  --warmup N       unmeasured seconds per listener before a scenario (default 1)
-  --connections N  wrk connections (default 16; one wrk thread)
-  --only LIST      scenarios to run: sync, async, reject-401, paused, 401-64k, 401-1m, pass, body-1k, body-64k,
-                   body-1m, sync-10k, 401-10k, sync-100k, 401-100k (default all)
-  --no-memory      skip the memory measurement (one Envoy per listener kind and flow count)
-  --profile        also record `perf` (cpu-clock) of the worker during sync and reject-401
-  --no-pin         do not pin Envoy to CPU 0 and wrk to CPU 1
-  --port-base N    admin port; listeners at N+1..N+3, upstream at N+80 (default 18900;
-                   moved up when one of them is taken)
-  --out DIR        results directory (default bench/results)";
+/// Drives the same webhook traffic through plain Envoy, Envoy's Lua filter and flowgate (one Envoy,
+/// three listeners, alternated round by round) and writes a Markdown report and an SVG chart. Run
+/// it from the repository root, through scripts/bench.sh.
+#[derive(Debug, Parser)]
+#[command(name = "flowgate-bench", args_override_self = true)]
+struct Cli {
+    /// Smoke test: --seconds 1 --rounds 1 --warmup 0 --no-memory (explicit values of those win)
+    #[arg(long)]
+    quick: bool,
+    /// Length of each measured wrk run [default: 3]
+    #[arg(long, value_name = "N")]
+    seconds: Option<u32>,
+    /// Rounds; each runs every listener once, in rotating order [default: 5]
+    #[arg(long, value_name = "N")]
+    rounds: Option<u32>,
+    /// Unmeasured seconds per listener before a scenario [default: 1]
+    #[arg(long, value_name = "N")]
+    warmup: Option<u32>,
+    /// wrk connections (one wrk thread)
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    connections: u32,
+    /// Scenarios to run: sync, async, reject-401, paused, 401-64k, 401-1m, pass, body-1k, body-64k,
+    /// body-1m, sync-10k, 401-10k, sync-100k, 401-100k [default: all]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Skip the memory measurement (one Envoy per listener kind and flow count)
+    #[arg(long)]
+    no_memory: bool,
+    /// Also record `perf` (cpu-clock) of the worker during sync and reject-401
+    #[arg(long)]
+    profile: bool,
+    /// Do not pin Envoy to CPU 0 and wrk to CPU 1
+    #[arg(long)]
+    no_pin: bool,
+    /// Admin port; listeners at N+1..N+3, upstream at N+80 (moved up when one of them is taken)
+    #[arg(long, value_name = "N", default_value_t = 18900)]
+    port_base: u16,
+    /// Results directory
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    out: PathBuf,
+}
 
 struct Options {
     seconds: u32,
@@ -49,47 +75,27 @@ struct Options {
     out: PathBuf,
 }
 
-fn options() -> Result<Options, String> {
-    let mut o = Options {
-        seconds: 3,
-        rounds: 5,
-        warmup: 1,
-        connections: 16,
-        only: None,
-        memory: true,
-        profile: false,
-        pin: true,
-        port_base: 18900,
-        out: PathBuf::from("bench/results"),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
-        let number = |text: String| text.parse::<u32>().map_err(|_| format!("{arg}: not a number: {text}"));
-        match arg.as_str() {
-            "--quick" => {
-                (o.seconds, o.rounds, o.warmup, o.memory) = (1, 1, 0, false);
-            }
-            "--seconds" => o.seconds = number(value()?)?.max(1),
-            "--rounds" => o.rounds = number(value()?)?.max(1),
-            "--warmup" => o.warmup = number(value()?)?,
-            "--connections" => o.connections = number(value()?)?.max(1),
-            "--only" => o.only = Some(value()?.split(',').map(str::to_string).collect()),
-            "--no-memory" => o.memory = false,
-            "--profile" => o.profile = true,
-            "--no-pin" => o.pin = false,
-            "--port-base" => o.port_base = number(value()?)?.try_into().map_err(|_| "--port-base: too large")?,
-            "--out" => o.out = PathBuf::from(value()?),
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            _ => return Err(format!("unknown argument: {arg}\n{USAGE}")),
+impl From<Cli> for Options {
+    fn from(cli: Cli) -> Options {
+        let quick = |normal: u32, quick: u32| if cli.quick { quick } else { normal };
+        Options {
+            seconds: cli.seconds.unwrap_or(quick(3, 1)).max(1),
+            rounds: cli.rounds.unwrap_or(quick(5, 1)).max(1),
+            warmup: cli.warmup.unwrap_or(quick(1, 0)),
+            connections: cli.connections.max(1),
+            only: cli.only,
+            memory: !cli.no_memory && !cli.quick,
+            profile: cli.profile,
+            pin: !cli.no_pin,
+            port_base: cli.port_base,
+            out: cli.out,
         }
     }
-    Ok(o)
 }
 
 fn main() {
-    let result = options().and_then(|o| bench(&o));
-    if let Err(problem) = result {
+    let options = Options::from(Cli::parse());
+    if let Err(problem) = bench(&options) {
         eprintln!("flowgate-bench: {problem}");
         std::process::exit(1);
     }
@@ -143,7 +149,10 @@ fn bench(o: &Options) -> Result<(), String> {
         .filter(|s| o.only.as_ref().is_none_or(|only| only.iter().any(|n| n == s.name)))
         .collect();
     if scenarios.is_empty() {
-        return Err(format!("no scenario selected\n{USAGE}"));
+        return Err(format!(
+            "no scenario selected (--only)\n{}",
+            Cli::command().render_usage()
+        ));
     }
     let mut counts: Vec<usize> = scenarios.iter().map(|s| s.flows).collect();
     counts.dedup();
@@ -538,4 +547,36 @@ fn envoy_version(binary: &Path) -> String {
         .and_then(|build| build.split('/').nth(1))
         .map(|v| format!("Envoy {v}"))
         .unwrap_or_else(|| "Envoy".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> Options {
+        Options::from(Cli::try_parse_from(std::iter::once("flowgate-bench").chain(args.iter().copied())).unwrap())
+    }
+
+    #[test]
+    fn flags_keep_their_defaults_and_quick_is_a_smoke_run() {
+        let o = options(&[]);
+        assert_eq!((o.seconds, o.rounds, o.warmup, o.connections), (3, 5, 1, 16));
+        assert!(o.memory && o.pin && !o.profile && o.only.is_none());
+        assert_eq!((o.port_base, o.out.as_path()), (18900, Path::new("bench/results")));
+        let o = options(&["--quick"]);
+        assert_eq!((o.seconds, o.rounds, o.warmup, o.memory), (1, 1, 0, false));
+        let o = options(&[
+            "--quick",
+            "--seconds",
+            "2",
+            "--only",
+            "sync,pass",
+            "--no-pin",
+            "--seconds",
+            "0",
+        ]);
+        assert_eq!((o.seconds, o.pin), (1, false), "the last --seconds wins, at least 1");
+        assert_eq!(o.only, Some(vec!["sync".to_string(), "pass".to_string()]));
+        assert!(Cli::try_parse_from(["flowgate-bench", "--port-base", "70000"]).is_err());
+    }
 }

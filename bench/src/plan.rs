@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use flowgate_e2e::sha256_hex;
+use flowgate_testkit::executor::sha256_hex;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 

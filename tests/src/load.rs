@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{demo_token, repo_root, Connection, Response, TempDir};
+use crate::{demo_token, repo_root, Response, Stats, TempDir};
+pub use crate::{proc_status_kib, process_alive, server_info, ServerInfo};
 
 /// The paused reply of the seed, byte for byte (CONTRACT section 1).
 pub const PAUSED_BODY: &str = r#"{"status":200,"error":"biz_logic","message":"Flow status is `paused`. Unpause to run this flow using a webhook","data":null}"#;
@@ -562,57 +563,13 @@ pub fn answer_under_faults(kind: &str, a: &Answer) -> Result<String, String> {
 // Envoy's process
 // ---------------------------------------------------------------------------------------------
 
-/// A field of `/proc/<pid>/status` in KiB, e.g. `VmRSS` or `VmHWM`.
-pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Whether the process exists and is not a zombie.
-pub fn process_alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
-}
-
-/// What Envoy's admin `/server_info` says about the process.
-#[derive(Clone, Debug)]
-pub struct ServerInfo {
-    pub state: String,
-    pub uptime_current_epoch_s: u64,
-    pub uptime_all_epochs_s: u64,
-}
-
-/// Envoy's admin `/server_info`, or None if it does not answer.
-pub fn server_info(admin_port: u16) -> Option<ServerInfo> {
-    let response = Connection::open(admin_port)
-        .and_then(|mut c| c.send("GET", "/server_info", &[], b""))
-        .ok()?;
-    if response.status != 200 {
-        return None;
-    }
-    let value: Value = serde_json::from_slice(&response.body).ok()?;
-    let seconds = |key: &str| value[key].as_str()?.trim_end_matches('s').parse::<u64>().ok();
-    Some(ServerInfo {
-        state: value["state"].as_str()?.to_string(),
-        uptime_current_epoch_s: seconds("uptime_current_epoch")?,
-        uptime_all_epochs_s: seconds("uptime_all_epochs")?,
-    })
-}
-
 /// Envoy's counters that say a wasm VM failed or was rebuilt: `wasm.flowgate.vm_reload*`
-/// (FAIL_RELOAD) and the number of V8 VMs ever created. From an admin `/stats` text.
-pub fn vm_failure_stats(stats: &str) -> BTreeMap<String, u64> {
+/// (FAIL_RELOAD) and the number of V8 VMs ever created. From an admin `/stats` answer.
+pub fn vm_failure_stats(stats: &Stats) -> BTreeMap<String, u64> {
     stats
-        .lines()
-        .filter_map(|line| line.split_once(": "))
+        .iter()
         .filter(|(key, _)| key.starts_with("wasm.flowgate.vm_reload") || *key == "wasm.envoy.wasm.runtime.v8.created")
-        .filter_map(|(key, value)| Some((key.to_string(), value.trim().parse().ok()?)))
+        .map(|(key, value)| (key.clone(), *value))
         .collect()
 }
 

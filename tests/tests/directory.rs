@@ -174,12 +174,11 @@ fn until_streak(
 fn worker_connections(envoy: &Envoy) -> Vec<u64> {
     let mut workers: Vec<(u32, u64)> = envoy
         .stats()
-        .lines()
-        .filter_map(|line| {
-            let (name, value) = line.split_once(": ")?;
+        .iter()
+        .filter_map(|(name, &value)| {
             let rest = name.strip_prefix("listener.")?.strip_suffix(".downstream_cx_total")?;
             let (_, worker) = rest.rsplit_once(".worker_")?;
-            Some((worker.parse().ok()?, value.trim().parse().ok()?))
+            Some((worker.parse().ok()?, value))
         })
         .collect();
     workers.sort_unstable();

@@ -140,25 +140,56 @@ fn temp_files_on_tmpfs() {
     }
 }
 
-#[test]
-fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run() {
-    wrk_binary(); // fails here, saying how to install it, when wrk is missing
-    temp_files_on_tmpfs();
-    let flows = flow_file();
-    let mut executor = Executor::start(&flows);
-    let envoy = Envoy::start(
-        EnvoyOptions::new(plugin_config_for(&flows), executor.port())
-            .concurrency(2)
-            .route_timeout(ROUTE_TIMEOUT),
-    );
-    let port = envoy.port();
-    let pid = envoy.pid();
-    let vm_stats_before = vm_failure_stats(&envoy.stats());
-    let uptime_before = server_info(envoy.admin_port()).expect("/server_info");
+/// What one load run under the fault schedule gave.
+struct LoadRun {
+    /// wrk's summary of its kinds.
+    summary: WrkSummary,
+    /// The async loop's requests.
+    sent: Vec<Sent>,
+    phases: Vec<Phase>,
+    /// Envoy sampled every 250 ms during the load (see [`watch_envoy`]).
+    envoy_samples: Vec<(Option<ServerInfo>, bool)>,
+    started: Instant,
+    time: Duration,
+}
 
-    let kinds = [Kind::sync(), Kind::unauthorized(), Kind::paused(), Kind::other()];
-    // Sanity: every kind gets its normal answer before the load starts.
-    for kind in &kinds {
+/// The answers counted per (kind, label), and every problem found so far.
+#[derive(Default)]
+struct Verdict {
+    counts: BTreeMap<(String, String), u64>,
+    problems: Vec<String>,
+}
+
+impl Verdict {
+    fn count(&mut self, kind: &str, label: String, n: u64) {
+        *self.counts.entry((kind.to_string(), label)).or_default() += n;
+    }
+
+    /// Whether some `kind` answer's label starts with `prefix`.
+    fn seen(&self, kind: &str, prefix: &str) -> bool {
+        self.counts
+            .iter()
+            .any(|((k, label), n)| k == kind && label.starts_with(prefix) && *n > 0)
+    }
+
+    /// How many answers of any kind have a label starting with `prefix`.
+    fn observed(&self, prefix: &str) -> u64 {
+        self.counts
+            .iter()
+            .filter(|((_, label), _)| label.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The kinds wrk sends.
+fn wrk_kinds() -> [Kind; 4] {
+    [Kind::sync(), Kind::unauthorized(), Kind::paused(), Kind::other()]
+}
+
+/// Sanity: every kind gets its normal answer before the load starts.
+fn assert_normal_answers_before_the_load(port: u16, kinds: &[Kind]) {
+    for kind in kinds {
         let headers: Vec<(&str, &str)> = kind.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let response = send(port, &kind.method, &kind.path, &headers, kind.body.as_bytes());
         let text = response.text();
@@ -166,19 +197,24 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
             panic!("before the load, {}: {why}", kind.name);
         }
     }
+}
 
+/// wrk's kinds and the async loop through Envoy while the executor goes through the fault
+/// schedule: normal, killed (SIGKILL), restarted, slow, garbage, normal again.
+fn run_fault_schedule(envoy: &Envoy, executor: &mut Executor, kinds: &[Kind]) -> LoadRun {
+    let port = envoy.port();
     let stop_async = AtomicBool::new(false);
     let stop_watch = AtomicBool::new(false);
     let next_id = AtomicU64::new(1);
     let sent_log = Mutex::new(Vec::<Sent>::new());
     let mut phases: Vec<Phase> = vec![];
 
-    let load_started = Instant::now();
+    let started = Instant::now();
     let (summary, envoy_samples) = std::thread::scope(|scope| {
-        let watcher = scope.spawn(|| watch_envoy(envoy.admin_port(), pid, &stop_watch));
+        let watcher = scope.spawn(|| watch_envoy(envoy.admin_port(), envoy.pid(), &stop_watch));
         let wrk = Wrk::start(
             port,
-            &kinds,
+            kinds,
             &WrkOptions {
                 // One thread per kind, two connections each; stopped below, at the end of the schedule.
                 threads: kinds.len() as u32,
@@ -236,51 +272,66 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
         stop_watch.store(true, Ordering::SeqCst);
         (summary, watcher.join().expect("watcher"))
     });
-    let load_time = load_started.elapsed();
-    let sent = sent_log.into_inner().expect("log");
+    LoadRun {
+        summary,
+        sent: sent_log.into_inner().expect("log"),
+        phases,
+        envoy_samples,
+        started,
+        time: started.elapsed(),
+    }
+}
 
-    let mut problems: Vec<String> = vec![];
-
-    // --- wrk's kinds: every distinct answer judged against its kind --------------------------
-    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+/// wrk's kinds: every distinct answer judged against its kind.
+fn judge_wrk_answers(summary: &WrkSummary, verdict: &mut Verdict) {
     for signature in &summary.responses {
         match answer_under_faults(&signature.kind, &Answer::of_signature(signature)) {
-            Ok(label) => *counts.entry((signature.kind.clone(), label)).or_default() += signature.count,
+            Ok(label) => verdict.count(&signature.kind, label, signature.count),
             Err(why) => {
-                *counts
-                    .entry((signature.kind.clone(), format!("{} UNEXPECTED", signature.status)))
-                    .or_default() += signature.count;
-                problems.push(format!("{} x {}: {why}", signature.count, signature.kind));
+                verdict.count(
+                    &signature.kind,
+                    format!("{} UNEXPECTED", signature.status),
+                    signature.count,
+                );
+                verdict
+                    .problems
+                    .push(format!("{} x {}: {why}", signature.count, signature.kind));
             }
         }
     }
     if summary.distinct_overflow > 0 {
-        problems.push(format!(
+        verdict.problems.push(format!(
             "{} wrk answers had too many distinct signatures to be judged",
             summary.distinct_overflow
         ));
     }
     if summary.errors.socket() > 0 {
-        problems.push(format!(
+        verdict.problems.push(format!(
             "wrk requests that got no answer at all (connect {}, read {}, write {})",
             summary.errors.connect, summary.errors.read, summary.errors.write
         ));
     }
+}
 
-    // --- the async loop: every answer judged, run ids kept ------------------------------------
-    let garbage = phases
+/// The async loop: every answer judged. Returns the acknowledged runs (company id, run id) and
+/// how many acceptances came without a run id (the garbage phase's).
+fn judge_async_answers(run: &LoadRun, verdict: &mut Verdict) -> (Vec<(u64, String)>, usize) {
+    let garbage = run
+        .phases
         .iter()
         .find(|p| p.name == "garbage")
         .expect("garbage phase")
         .clone();
     let mut acknowledged: Vec<(u64, String)> = vec![];
     let mut acknowledged_without_run = 0;
-    for s in &sent {
+    for s in &run.sent {
         let response = match &s.answer {
             Ok(response) => response,
             Err(e) => {
-                *counts.entry(("async".into(), "no answer".into())).or_default() += 1;
-                problems.push(format!("async request {} got no answer: {e}", s.company_id));
+                verdict.count("async", "no answer".into(), 1);
+                verdict
+                    .problems
+                    .push(format!("async request {} got no answer: {e}", s.company_id));
                 continue;
             }
         };
@@ -304,39 +355,41 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
             Err(_) => answer_under_faults("async", &answer),
         };
         match label {
-            Ok(label) => *counts.entry(("async".into(), label)).or_default() += 1,
+            Ok(label) => verdict.count("async", label, 1),
             Err(why) => {
-                *counts
-                    .entry(("async".into(), format!("{} UNEXPECTED", response.status)))
-                    .or_default() += 1;
-                problems.push(format!("async request {}: {why}", s.company_id));
+                verdict.count("async", format!("{} UNEXPECTED", response.status), 1);
+                verdict.problems.push(format!("async request {}: {why}", s.company_id));
             }
         }
     }
+    (acknowledged, acknowledged_without_run)
+}
 
-    // --- report --------------------------------------------------------------------------------
+/// The load, its phases and the answers per kind and status, on stdout.
+fn print_report(run: &LoadRun, verdict: &Verdict) {
+    let summary = &run.summary;
     println!(
         "faults under load: {:.1} s of load; wrk {} answers ({:.0}/s, p50 {:.1} ms, p99 {:.1} ms, \
          max {:.1} ms), async loop {} requests",
-        load_time.as_secs_f64(),
+        run.time.as_secs_f64(),
         summary.requests,
         summary.rate(),
         summary.latency_us.p50 as f64 / 1000.0,
         summary.latency_us.p99 as f64 / 1000.0,
         summary.latency_us.max as f64 / 1000.0,
-        sent.len()
+        run.sent.len()
     );
-    for phase in &phases {
+    for phase in &run.phases {
         println!(
             "  phase {:<18} {:>5.1} s .. {:>5.1} s (its change took {:.2} s)",
             phase.name,
-            (phase.start - load_started).as_secs_f64(),
-            (phase.end - load_started).as_secs_f64(),
+            (phase.start - run.started).as_secs_f64(),
+            (phase.end - run.started).as_secs_f64(),
             (phase.changed - phase.start).as_secs_f64()
         );
     }
     println!("  answers per kind and status:");
-    for ((kind, label), n) in &counts {
+    for ((kind, label), n) in &verdict.counts {
         println!("    {kind:<13} {label:<44} {n:>7}");
     }
     println!(
@@ -345,42 +398,55 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
         summary.errors.socket(),
         summary.errors.timeout
     );
+}
 
-    // --- the faults really happened under the load --------------------------------------------
-    let seen = |kind: &str, prefix: &str| {
-        counts
-            .iter()
-            .any(|((k, label), n)| k == kind && label.starts_with(prefix) && *n > 0)
-    };
+/// The faults really happened under the load: each fault answer was seen, and async runs were
+/// acknowledged both before the crash and after the restart.
+fn check_the_faults_happened(run: &LoadRun, verdict: &mut Verdict) {
     for kind in ["sync", "async"] {
         for prefix in ["503 executor_unavailable", "504 executor_timeout", "200"] {
-            if !seen(kind, prefix) {
-                problems.push(format!("{kind}: never saw {prefix}: the schedule did not exercise it"));
+            if !verdict.seen(kind, prefix) {
+                verdict
+                    .problems
+                    .push(format!("{kind}: never saw {prefix}: the schedule did not exercise it"));
             }
         }
     }
-    if !seen("sync", "502 executor_error") {
-        problems.push("sync: never saw 502 executor_error during the garbage phase".into());
+    if !verdict.seen("sync", "502 executor_error") {
+        verdict
+            .problems
+            .push("sync: never saw 502 executor_error during the garbage phase".into());
     }
-    let restarted = phases.iter().find(|p| p.name == "restarted").expect("phase").start;
-    let killed = phases
+    let restarted = run.phases.iter().find(|p| p.name == "restarted").expect("phase").start;
+    let killed = run
+        .phases
         .iter()
         .find(|p| p.name.starts_with("killed"))
         .expect("phase")
         .start;
     let acked_at = |from: Instant, to: Instant| {
-        sent.iter()
+        run.sent
+            .iter()
             .filter(|s| s.answered >= from && s.answered <= to)
             .filter(|s| s.answer.as_ref().is_ok_and(|r| r.status == 200))
             .count()
     };
-    let (before_kill, after_restart) = (acked_at(load_started, killed), acked_at(restarted, Instant::now()));
+    let (before_kill, after_restart) = (acked_at(run.started, killed), acked_at(restarted, Instant::now()));
     println!("  async 200s: {before_kill} before the kill, {after_restart} after the restart");
     if before_kill == 0 || after_restart == 0 {
-        problems.push("async runs were not acknowledged both before the crash and after the restart".into());
+        verdict
+            .problems
+            .push("async runs were not acknowledged both before the crash and after the restart".into());
     }
+}
 
-    // --- every acknowledged run: exactly one completed run in the store -----------------------
+/// Every acknowledged run: exactly one completed run in the store, with the output of what was sent.
+fn check_acknowledged_runs(
+    executor: &Executor,
+    acknowledged: &[(u64, String)],
+    acknowledged_without_run: usize,
+    problems: &mut Vec<String>,
+) {
     let run_ids: HashSet<&str> = acknowledged.iter().map(|(_, id)| id.as_str()).collect();
     if run_ids.len() != acknowledged.len() {
         problems.push(format!(
@@ -409,7 +475,7 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
         }
     }
     let mut resumed = 0;
-    for (company_id, run_id) in &acknowledged {
+    for (company_id, run_id) in acknowledged {
         let rows = by_id.get(run_id.as_str()).map(Vec::as_slice).unwrap_or_default();
         let [run] = rows else {
             problems.push(format!(
@@ -439,11 +505,22 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
         async_rows,
         async_rows.saturating_sub(acknowledged.len())
     );
+}
 
-    // --- Envoy never restarted ----------------------------------------------------------------
-    let mut last_uptime = uptime_before.uptime_current_epoch_s;
+/// Envoy before the load: its PID, `/server_info` and wasm VM counters.
+struct EnvoyBefore {
+    pid: u32,
+    info: ServerInfo,
+    vm_stats: BTreeMap<String, u64>,
+}
+
+/// Envoy never restarted: same live PID, uptime monotonic and LIVE throughout, admin answering,
+/// no wasm VM reloaded or rebuilt.
+fn check_envoy_never_restarted(envoy: &Envoy, before: &EnvoyBefore, run: &LoadRun, problems: &mut Vec<String>) {
+    let pid = before.pid;
+    let mut last_uptime = before.info.uptime_current_epoch_s;
     let mut unanswered = 0;
-    for (info, alive) in &envoy_samples {
+    for (info, alive) in &run.envoy_samples {
         if !alive {
             problems.push(format!("Envoy's PID {pid} was gone during the load"));
             break;
@@ -466,28 +543,28 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
     println!(
         "  Envoy: PID {pid} alive {}, uptime {} s -> {} s ({} samples, {unanswered} unanswered), VM stats {vm_stats_after:?}",
         process_alive(pid),
-        uptime_before.uptime_current_epoch_s,
+        before.info.uptime_current_epoch_s,
         info_after.uptime_current_epoch_s,
-        envoy_samples.len()
+        run.envoy_samples.len()
     );
     if envoy.pid() != pid || !process_alive(pid) {
         problems.push("Envoy's process changed or died".into());
     }
-    if info_after.uptime_current_epoch_s < uptime_before.uptime_current_epoch_s + load_time.as_secs() - 1 {
+    if info_after.uptime_current_epoch_s < before.info.uptime_current_epoch_s + run.time.as_secs() - 1 {
         problems.push(format!(
             "Envoy's uptime {} s is shorter than the load ({} s): it restarted",
             info_after.uptime_current_epoch_s,
-            load_time.as_secs()
+            run.time.as_secs()
         ));
     }
-    if unanswered * 4 > envoy_samples.len() {
+    if unanswered * 4 > run.envoy_samples.len() {
         problems.push(format!(
             "Envoy's admin did not answer {unanswered} of {} samples",
-            envoy_samples.len()
+            run.envoy_samples.len()
         ));
     }
     for (name, value) in &vm_stats_after {
-        let before = vm_stats_before.get(name).copied().unwrap_or(0);
+        let before = before.vm_stats.get(name).copied().unwrap_or(0);
         if name.starts_with("wasm.flowgate.vm_reload") && *value != 0 {
             problems.push(format!("{name} = {value}: a wasm VM failed and was reloaded"));
         } else if *value != before {
@@ -497,23 +574,13 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
     if !vm_stats_after.contains_key("wasm.flowgate.vm_reload") {
         problems.push(format!("no wasm.flowgate.vm_reload stat in /stats: {vm_stats_after:?}"));
     }
-    // The filter's own counters saw at least what the senders saw (more: wrk stops with
-    // requests in flight that Envoy still answers).
+}
+
+/// The filter's own counters saw at least what the senders saw (more: wrk stops with requests in
+/// flight that Envoy still answers), and the filter never panicked.
+fn check_the_filter_counted(envoy: &Envoy, verdict: &mut Verdict) {
     let stats = envoy.stats();
-    let stat = |name: &str| {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("wasmcustom.flowgate.requests.{name}: ")))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let observed = |prefix: &str| {
-        counts
-            .iter()
-            .filter(|((_, label), _)| label.starts_with(prefix))
-            .map(|(_, n)| n)
-            .sum::<u64>()
-    };
+    let stat = |name: &str| stats.value(&format!("wasmcustom.flowgate.requests.{name}"));
     for (code, prefix) in [
         ("executor_error", "502 executor_error"),
         ("executor_unavailable", "503 executor_unavailable"),
@@ -521,18 +588,55 @@ fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run(
         ("unauthorized", "401 unauthorized"),
         ("biz_logic", "200 paused"),
     ] {
-        let (counter, seen) = (stat(code), observed(prefix));
+        let (counter, seen) = (stat(code), verdict.observed(prefix));
         println!("  wasmcustom.flowgate.requests.{code} = {counter} (senders saw {seen})");
         if counter < seen {
-            problems.push(format!(
+            verdict.problems.push(format!(
                 "wasmcustom.flowgate.requests.{code} = {counter}, but senders saw {seen} such replies"
             ));
         }
     }
     if envoy.log().contains("panicked") {
-        problems.push(format!("the filter panicked:\n{}", envoy.log()));
+        verdict.problems.push(format!("the filter panicked:\n{}", envoy.log()));
     }
+}
 
+#[test]
+fn executor_faults_under_load_get_contract_answers_and_lose_no_acknowledged_run() {
+    wrk_binary(); // fails here, saying how to install it, when wrk is missing
+    temp_files_on_tmpfs();
+    let flows = flow_file();
+    let mut executor = Executor::start(&flows);
+    let envoy = Envoy::start(
+        EnvoyOptions::new(plugin_config_for(&flows), executor.port())
+            .concurrency(2)
+            .route_timeout(ROUTE_TIMEOUT),
+    );
+    let before = EnvoyBefore {
+        pid: envoy.pid(),
+        vm_stats: vm_failure_stats(&envoy.stats()),
+        info: server_info(envoy.admin_port()).expect("/server_info"),
+    };
+    let kinds = wrk_kinds();
+    assert_normal_answers_before_the_load(envoy.port(), &kinds);
+
+    let run = run_fault_schedule(&envoy, &mut executor, &kinds);
+
+    let mut verdict = Verdict::default();
+    judge_wrk_answers(&run.summary, &mut verdict);
+    let (acknowledged, acknowledged_without_run) = judge_async_answers(&run, &mut verdict);
+    print_report(&run, &verdict);
+    check_the_faults_happened(&run, &mut verdict);
+    check_acknowledged_runs(
+        &executor,
+        &acknowledged,
+        acknowledged_without_run,
+        &mut verdict.problems,
+    );
+    check_envoy_never_restarted(&envoy, &before, &run, &mut verdict.problems);
+    check_the_filter_counted(&envoy, &mut verdict);
+
+    let problems = verdict.problems;
     assert!(
         problems.is_empty(),
         "{} problem(s) under load:\n  {}",

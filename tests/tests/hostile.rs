@@ -33,8 +33,6 @@ use std::time::{Duration, Instant};
 use flowgate_e2e::*;
 use serde_json::{json, Value};
 
-/// How long a socket read may block before the case counts as unanswered.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stalled sender holds its connection open before checking that nothing moved.
 const STALL: Duration = Duration::from_secs(2);
 /// The seed's paused reply, byte for byte.
@@ -609,58 +607,13 @@ enum Got {
     NoAnswer(String),
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The body of a chunked message, if it is complete.
-fn dechunk(mut bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = find(bytes, b"\r\n")?;
-        let size_text = String::from_utf8_lossy(&bytes[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        bytes = &bytes[line_end + 2..];
-        if size == 0 {
-            find(bytes, b"\r\n")?;
-            return Some(body);
-        }
-        body.extend_from_slice(bytes.get(..size)?);
-        bytes = bytes.get(size + 2..)?;
-    }
-}
-
-/// The first complete final response in `buf` (interim 1xx responses skipped), if there is one.
-fn parse_response(buf: &[u8], head_request: bool, eof: bool) -> Option<Response> {
-    let mut rest = buf;
-    loop {
-        let end = find(rest, b"\r\n\r\n")?;
-        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let after = &rest[end + 4..];
-        if (100..200).contains(&status) {
-            rest = after;
-            continue;
-        }
-        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-        let body = if head_request || status == 204 || status == 304 {
-            Vec::new()
-        } else if header("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
-            dechunk(after)?
-        } else if let Some(length) = header("content-length").and_then(|l| l.parse::<usize>().ok()) {
-            after.get(..length)?.to_vec()
-        } else if eof {
-            after.to_vec()
-        } else {
-            return None;
-        };
-        return Some(Response { status, headers, body });
-    }
+/// The first complete final response in `buf` (interim 1xx responses skipped), if there is one
+/// (the kit's parser; a malformed answer counts as none).
+fn first_response(buf: &[u8], head_request: bool, eof: bool) -> Option<Response> {
+    parse_response(buf, head_request, eof)
+        .ok()
+        .flatten()
+        .map(|(response, _)| response)
 }
 
 /// Writes `pieces` (pausing between them) from one thread while reading the response on this one.
@@ -687,7 +640,7 @@ fn exchange(port: u16, pieces: Vec<Vec<u8>>, pause: Duration, head_request: bool
     let result = loop {
         match reader.read(&mut chunk) {
             Ok(0) => {
-                break parse_response(&buf, head_request, true).ok_or_else(|| {
+                break first_response(&buf, head_request, true).ok_or_else(|| {
                     format!(
                         "closed after {} bytes without a complete response: {:?}",
                         buf.len(),
@@ -697,12 +650,12 @@ fn exchange(port: u16, pieces: Vec<Vec<u8>>, pause: Duration, head_request: bool
             }
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                if let Some(response) = parse_response(&buf, head_request, false) {
+                if let Some(response) = first_response(&buf, head_request, false) {
                     break Ok(response);
                 }
             }
             Err(e) => {
-                break parse_response(&buf, head_request, true).ok_or_else(|| format!("{e} after {} bytes", buf.len()))
+                break first_response(&buf, head_request, true).ok_or_else(|| format!("{e} after {} bytes", buf.len()))
             }
         }
     };
@@ -715,23 +668,12 @@ fn exchange(port: u16, pieces: Vec<Vec<u8>>, pause: Duration, head_request: bool
 // Judging
 // ---------------------------------------------------------------------------------------------
 
-fn stats(envoy: &Envoy) -> HashMap<String, u64> {
-    envoy
-        .stats()
-        .lines()
-        .filter_map(|line| {
-            let (name, value) = line.split_once(": ")?;
-            Some((name.to_string(), value.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: &str) -> i128 {
+fn delta(before: &Stats, after: &Stats, name: &str) -> i128 {
     i128::from(after.get(name).copied().unwrap_or(0)) - i128::from(before.get(name).copied().unwrap_or(0))
 }
 
 /// Every `wasmcustom.flowgate.requests.*` counter that moved, with its change.
-fn outcome_deltas(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> Vec<(String, i128)> {
+fn outcome_deltas(before: &Stats, after: &Stats) -> Vec<(String, i128)> {
     let mut moved: Vec<(String, i128)> = after
         .keys()
         .filter(|name| name.starts_with("wasmcustom.flowgate.requests."))
@@ -820,9 +762,9 @@ fn assert_forwarded(case: &Case, flow: &str, received: &[Value]) {
 }
 
 /// Runs one case against the stack and checks it; returns the summary label and, on failure, why.
-fn run(stack: &Stack, case: &Case, vm_baseline: &HashMap<String, u64>) -> (String, Option<String>) {
+fn run(stack: &Stack, case: &Case, vm_baseline: &Stats) -> (String, Option<String>) {
     stack.executor.clear_requests();
-    let before = stats(&stack.envoy);
+    let before = stack.envoy.stats();
     let started = Instant::now();
     let got = match &case.wire {
         Wire::H1 { pieces, pause } => match exchange(stack.envoy.port(), pieces.clone(), *pause, case.head_request) {
@@ -850,7 +792,7 @@ fn run(stack: &Stack, case: &Case, vm_baseline: &HashMap<String, u64>) -> (Strin
             let mut buf = [0u8; 4096];
             let got = match stream.read(&mut buf) {
                 Ok(0) => Got::NoAnswer("closed".into()),
-                Ok(n) => match parse_response(&buf[..n], false, true) {
+                Ok(n) => match first_response(&buf[..n], false, true) {
                     Some(response) => Got::Response(response),
                     None => Got::NoAnswer(format!("{n} stray bytes")),
                 },
@@ -872,7 +814,7 @@ fn run(stack: &Stack, case: &Case, vm_baseline: &HashMap<String, u64>) -> (Strin
     };
     let elapsed = started.elapsed();
     let received = stack.executor.requests();
-    let after = stats(&stack.envoy);
+    let after = stack.envoy.stats();
     let mut label = describe(&got, &received);
     if case.head_request {
         label = label.replace(" json", " (HEAD: no body)");
@@ -1010,7 +952,7 @@ fn run(stack: &Stack, case: &Case, vm_baseline: &HashMap<String, u64>) -> (Strin
 }
 
 /// No wasm VM failed, reloaded or was added since `baseline`.
-fn assert_vm_healthy(baseline: &HashMap<String, u64>, now: &HashMap<String, u64>) {
+fn assert_vm_healthy(baseline: &Stats, now: &Stats) {
     for name in VM_RELOADS {
         assert_eq!(now.get(name), Some(&0), "{name} (a wasm VM failed and was reloaded)");
     }
@@ -1044,7 +986,7 @@ fn occupy_idle_executor_threads(port: u16) -> Vec<TcpStream> {
                 .expect("write");
             let mut buf = Vec::new();
             let mut chunk = [0u8; 1024];
-            while parse_response(&buf, false, false).is_none() {
+            while first_response(&buf, false, false).is_none() {
                 let n = stream.read(&mut chunk).expect("read the executor's health");
                 assert!(n > 0, "the executor closed a kept-alive connection");
                 buf.extend_from_slice(&chunk[..n]);
@@ -1065,7 +1007,7 @@ struct Kind {
 }
 
 /// 126 requests over one h2c connection with up to 100 streams at a time, good and bad mixed.
-fn h2_many_streams(stack: &Stack, vm_baseline: &HashMap<String, u64>, rows: &mut Vec<Row>) {
+fn h2_many_streams(stack: &Stack, vm_baseline: &Stats, rows: &mut Vec<Row>) {
     const PER_KIND: usize = 14;
     let kinds = [
         Kind {
@@ -1161,7 +1103,7 @@ fn h2_many_streams(stack: &Stack, vm_baseline: &HashMap<String, u64>, rows: &mut
     // Cleared first: the control connection's thread must retire with the other spare ones.
     stack.executor.clear_requests();
     let held = occupy_idle_executor_threads(stack.executor.port());
-    let before = stats(&stack.envoy);
+    let before = stack.envoy.stats();
     let output = Command::new("curl")
         // Prior knowledge on the command line: given per transfer in the config (curl 7.88), every
         // transfer after the first fails with "Error in the HTTP2 framing layer".
@@ -1177,7 +1119,7 @@ fn h2_many_streams(stack: &Stack, vm_baseline: &HashMap<String, u64>, rows: &mut
         .output()
         .expect("run curl (is it installed?)");
     let received = stack.executor.requests();
-    let after = stats(&stack.envoy);
+    let after = stack.envoy.stats();
     drop(held);
 
     // status, content type and body of every request, by index.
@@ -1345,7 +1287,7 @@ fn hostile_inputs_are_judged_end_to_end_without_hurting_the_vm() {
     assert!(cases.len() >= 50, "the corpus has {} cases", cases.len());
     let stack = Stack::start(&flow_file());
 
-    let baseline = stats(&stack.envoy);
+    let baseline = stack.envoy.stats();
     for name in VM_RELOADS.iter().chain(&VM_STABLE) {
         assert!(baseline.contains_key(*name), "{name} is not in Envoy's /stats");
     }
@@ -1379,7 +1321,7 @@ fn hostile_inputs_are_judged_end_to_end_without_hurting_the_vm() {
         .filter(|l| l.contains("Uncaught") || l.contains("panicked") || l.contains("VM failed"))
         .take(5)
         .collect();
-    let after = stats(&stack.envoy);
+    let after = stack.envoy.stats();
     let healthy = catch_unwind(AssertUnwindSafe(|| assert_vm_healthy(&baseline, &after)));
     let received = stack.executor.requests().len();
     rows.push(Row {

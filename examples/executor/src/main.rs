@@ -22,70 +22,42 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
 
+use clap::Parser;
 use queue::{FlowLookup, Queue};
 use server::App;
 
 /// Request-handling threads; each blocks in `recv()`, so a slow request only holds its own thread.
 const THREADS: usize = 16;
 
-const USAGE: &str = "usage: flowgate-executor [--listen ADDR] [--flows FILE] [--db FILE] [--webhook-prefix P]
-
-  --listen ADDR         address to serve on (default 127.0.0.1:8081; port 0 picks a free port)
-  --flows FILE          flow definitions (default examples/flows.json)
-  --db FILE             SQLite run store (default flowgate-executor.sqlite3 in the system temp dir)
-  --webhook-prefix P    path prefix of webhooks (default /v1/flow-webhook/, as the filter's default)";
-
+/// The reference flow executor behind flowgate: runs the flows the filter admits, queues async
+/// runs durably in SQLite, serves the live flow directory and the `/_executor/*` test endpoints.
+#[derive(Debug, Parser)]
+#[command(name = "flowgate-executor", args_override_self = true)]
 struct Args {
+    /// Address to serve on (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     listen: String,
+    /// Flow definitions
+    #[arg(long, value_name = "FILE", default_value = "examples/flows.json")]
     flows: PathBuf,
+    /// SQLite run store [default: flowgate-executor.sqlite3 in the system temp dir]
+    #[arg(long, value_name = "FILE", default_value_os_t = std::env::temp_dir().join("flowgate-executor.sqlite3"), hide_default_value = true)]
     db: PathBuf,
+    /// Path prefix of webhooks (the filter's default)
+    #[arg(long, value_name = "P", default_value = server::DEFAULT_WEBHOOK_PREFIX, value_parser = webhook_prefix)]
     webhook_prefix: String,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed = Args {
-        listen: "127.0.0.1:8081".into(),
-        flows: PathBuf::from("examples/flows.json"),
-        db: std::env::temp_dir().join("flowgate-executor.sqlite3"),
-        webhook_prefix: server::DEFAULT_WEBHOOK_PREFIX.into(),
-    };
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg, None),
-        };
-        if name == "-h" || name == "--help" {
-            return Err(String::new());
-        }
-        let value = match inline.or_else(|| args.next()) {
-            Some(v) => v,
-            None => return Err(format!("{name} needs a value")),
-        };
-        match name.as_str() {
-            "--listen" => parsed.listen = value,
-            "--flows" => parsed.flows = value.into(),
-            "--db" => parsed.db = value.into(),
-            "--webhook-prefix" if value.starts_with('/') => parsed.webhook_prefix = value,
-            "--webhook-prefix" => return Err("--webhook-prefix must start with /".into()),
-            _ => return Err(format!("unknown argument {name}")),
-        }
+fn webhook_prefix(value: &str) -> Result<String, String> {
+    if value.starts_with('/') {
+        Ok(value.to_string())
+    } else {
+        Err("must start with /".into())
     }
-    Ok(parsed)
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("flowgate-executor: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args) {
+    match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flowgate-executor: {e}");
@@ -149,8 +121,8 @@ fn run(args: Args) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Result<Args, String> {
-        parse_args(list.iter().map(|s| s.to_string()))
+    fn args(list: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("flowgate-executor").chain(list.iter().copied()))
     }
 
     #[test]
@@ -166,6 +138,11 @@ mod tests {
         );
         assert!(args(&["--listen"]).is_err());
         assert!(args(&["--bogus", "1"]).is_err());
-        assert_eq!(args(&["--help"]).err().unwrap(), "");
+        assert!(args(&["--webhook-prefix", "v1/"]).is_err());
+        assert_eq!(args(&["--webhook-prefix=/hooks/"]).unwrap().webhook_prefix, "/hooks/");
+        assert_eq!(
+            args(&["--help"]).err().map(|e| e.kind()),
+            Some(clap::error::ErrorKind::DisplayHelp)
+        );
     }
 }

@@ -20,16 +20,32 @@ use std::process::ExitCode;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use flowgate_e2e::load::*;
 use flowgate_e2e::*;
 
-const USAGE: &str = "usage: soak [--minutes M] [--out FILE] [--threads T] [--connections C] [--sample-seconds S]
-
-  --minutes M          how long to drive the load (default 10; fractions allowed)
-  --out FILE           the Markdown report (default bench/results/soak-<UTC date>.md)
-  --threads T          wrk threads (default 2)
-  --connections C      wrk connections (default 16)
-  --sample-seconds S   memory sampling interval (default 30)";
+/// Mixed traffic through Envoy, flowgate and the reference executor for a long time (run it through
+/// scripts/soak.sh, which builds what it needs first).
+#[derive(Debug, Parser)]
+#[command(name = "soak", args_override_self = true)]
+struct Cli {
+    /// How long to drive the load (fractions allowed)
+    #[arg(long, value_name = "M", default_value_t = 10.0)]
+    minutes: f64,
+    /// The Markdown report [default: bench/results/soak-<UTC date>.md]
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// wrk threads
+    #[arg(long, value_name = "T", default_value_t = 2)]
+    threads: u32,
+    /// wrk connections
+    #[arg(long, value_name = "C", default_value_t = 16)]
+    connections: u32,
+    /// Memory sampling interval, in seconds
+    #[arg(long = "sample-seconds", value_name = "S", default_value_t = 30.0)]
+    sample_seconds: f64,
+}
 
 struct Args {
     minutes: f64,
@@ -39,39 +55,31 @@ struct Args {
     sample: Duration,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed = Args {
-        minutes: 10.0,
-        out: repo_root().join(format!("bench/results/soak-{}.md", today())),
-        threads: 2,
-        connections: 16,
-        sample: Duration::from_secs(30),
-    };
-    while let Some(name) = args.next() {
-        if name == "-h" || name == "--help" {
-            return Err(String::new());
-        }
-        let value = args.next().ok_or_else(|| format!("{name} needs a value"))?;
-        let number = |v: &str| v.parse::<f64>().map_err(|_| format!("{name}: not a number: {v}"));
-        match name.as_str() {
-            "--minutes" => parsed.minutes = number(&value)?,
-            "--out" => parsed.out = PathBuf::from(value),
-            "--threads" => parsed.threads = number(&value)? as u32,
-            "--connections" => parsed.connections = number(&value)? as u32,
-            "--sample-seconds" => parsed.sample = Duration::from_secs_f64(number(&value)?),
-            _ => return Err(format!("unknown argument {name}")),
-        }
-    }
-    if parsed.minutes.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
-        || parsed.threads == 0
-        || parsed.connections < parsed.threads
+/// The arguments (without the program name), checked; `--help` comes back as an error that
+/// prints the help when it exits.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, clap::Error> {
+    let cli = Cli::try_parse_from(std::iter::once("soak".to_string()).chain(args))?;
+    let invalid = |message: &str| Cli::command().error(ErrorKind::ValueValidation, message);
+    if cli.minutes.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        || cli.threads == 0
+        || cli.connections < cli.threads
     {
-        return Err("--minutes must be > 0, --threads >= 1, --connections >= --threads".into());
+        return Err(invalid(
+            "--minutes must be > 0, --threads >= 1, --connections >= --threads",
+        ));
     }
-    if parsed.sample < Duration::from_secs(1) {
-        return Err("--sample-seconds must be >= 1".into());
+    if cli.sample_seconds.is_nan() || cli.sample_seconds < 1.0 {
+        return Err(invalid("--sample-seconds must be >= 1"));
     }
-    Ok(parsed)
+    Ok(Args {
+        minutes: cli.minutes,
+        out: cli
+            .out
+            .unwrap_or_else(|| repo_root().join(format!("bench/results/soak-{}.md", today()))),
+        threads: cli.threads,
+        connections: cli.connections,
+        sample: Duration::from_secs_f64(cli.sample_seconds),
+    })
 }
 
 /// One memory sample of Envoy.
@@ -81,14 +89,6 @@ struct Sample {
     hwm_kib: u64,
     uptime_s: Option<u64>,
     downstream_rq: u64,
-}
-
-fn stat_of(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -149,17 +149,7 @@ fn warm_executor_connections(envoy: &Envoy, executor: &Executor, n: usize) {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("soak: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse_args(std::env::args().skip(1)).unwrap_or_else(|e| e.exit());
     wrk_binary();
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
 
@@ -212,7 +202,7 @@ fn main() -> ExitCode {
             rss_kib: proc_status_kib(pid, "VmRSS").unwrap_or(0),
             hwm_kib: proc_status_kib(pid, "VmHWM").unwrap_or(0),
             uptime_s: server_info(envoy.admin_port()).map(|i| i.uptime_current_epoch_s),
-            downstream_rq: stat_of(&stats, "http.flowgate.downstream_rq_total"),
+            downstream_rq: stats.value("http.flowgate.downstream_rq_total"),
         }
     };
     let print_sample = |s: &Sample| {
@@ -458,13 +448,21 @@ mod tests {
         let date = today();
         assert_eq!(date.len(), 10);
         assert!(date.starts_with("20"), "{date}");
-        let args = parse_args(["--minutes", "0.5", "--out", "/tmp/x.md"].iter().map(|s| s.to_string())).unwrap();
+        let parse = |list: &[&str]| parse_args(list.iter().map(|s| s.to_string()));
+        let args = parse(&["--minutes", "0.5", "--out", "/tmp/x.md"]).unwrap();
         assert_eq!(
             (args.minutes, args.out, args.threads),
             (0.5, PathBuf::from("/tmp/x.md"), 2)
         );
-        assert!(parse_args(["--minutes", "0"].iter().map(|s| s.to_string())).is_err());
-        assert!(parse_args(["--bogus", "1"].iter().map(|s| s.to_string())).is_err());
+        assert!(parse(&["--minutes", "0"]).is_err());
+        assert!(parse(&["--bogus", "1"]).is_err());
+        assert!(parse(&["--sample-seconds", "0.5"]).is_err());
+        assert_eq!(parse(&["--help"]).err().map(|e| e.kind()), Some(ErrorKind::DisplayHelp));
+        let args = parse(&["--threads", "4", "--connections", "8", "--sample-seconds", "2"]).unwrap();
+        assert_eq!(
+            (args.threads, args.connections, args.sample),
+            (4, 8, Duration::from_secs(2))
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tokio::net::TcpStream;
 
-use crate::Response;
+use super::Response;
 
 /// Sends `POST path` with `headers`, `body` and then `trailers` over h2c; the answer's status,
 /// headers and body (trailers of the answer are dropped).
