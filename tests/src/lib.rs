@@ -204,10 +204,11 @@ pub fn plugin_config_for(flow_file: &Value) -> Value {
         .expect("flow file has a `flows` array")
         .iter()
         .map(|flow| {
-            let fields = flowgate::config::FLOW_FIELDS
-                .iter()
-                .filter_map(|&k| flow.get(k).map(|v| (k.to_string(), v.clone())))
-                .collect();
+            let mut fields = flow.as_object().expect("a flow is an object").clone();
+            // The executor's EXECUTOR_ONLY_FIELDS (examples/executor/src/flows.rs).
+            for field in ["steps", "run_ms"] {
+                fields.remove(field);
+            }
             Value::Object(fields)
         })
         .collect();
