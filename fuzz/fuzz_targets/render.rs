@@ -175,7 +175,7 @@ fn check_edge_reply(reply: &EdgeReply) {
             String::from_utf8_lossy(&full.body)
         )
     });
-    assert_eq!(envelope["error"], reply.code());
+    assert_eq!(envelope["error"], reply.code().as_str());
 }
 
 fn check_answer(flow: &Flow, input: &Input<'_>) {
