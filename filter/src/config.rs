@@ -143,6 +143,10 @@ mod tests {
             problem(serde_json::json!({"flows": [flow(serde_json::json!({})), flow(serde_json::json!({}))]}))
                 .contains("duplicate flow id")
         );
+        let twice = PluginConfig::parse(br#"{"max_body_bytes": 1, "max_body_bytes": 2}"#).unwrap_err();
+        assert_eq!(twice.to_string(), "configuration.max_body_bytes: appears twice");
+        let missing = problem(serde_json::json!({"flows": [{"id": "f-1", "ref_id": "w", "status": "live"}]}));
+        assert_eq!(missing, "flows[0] (id \"f-1\").token_sha256: is required");
     }
 
     #[test]

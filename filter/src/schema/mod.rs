@@ -193,7 +193,8 @@ fn read<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, Failure> {
 }
 
 /// The path of a problem (`token_sha256[1]`, `response.body`) and the problem, in the words
-/// the configuration has always used: "is required", "unknown field (known: ...)", and no
+/// the configuration has always used: "is required", "unknown field (known: ...)", "appears
+/// twice", and no
 /// "at line 1 column 80" (the path says where).
 fn locate(e: &Located) -> (String, String) {
     let mut at = String::new();
@@ -216,6 +217,9 @@ fn locate(e: &Located) -> (String, String) {
     if let Some(field) = backquoted(&problem, "missing field `") {
         push_field(&mut at, &field);
         problem = "is required".into();
+    } else if let Some(field) = backquoted(&problem, "duplicate field `") {
+        push_field(&mut at, &field);
+        problem = "appears twice".into();
     } else if let Some(known) = problem
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split_once(", expected "))
