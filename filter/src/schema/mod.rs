@@ -179,6 +179,11 @@ enum Failure {
 }
 
 fn read<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, Failure> {
+    // Most texts are valid, and tracking the path costs an allocation per key: read again with
+    // the path tracked only to say where a problem is.
+    if let Ok(value) = serde_json::from_slice(text) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     let value =
         serde_path_to_error::deserialize(&mut deserializer).map_err(|e: Located| match e.inner().classify() {
