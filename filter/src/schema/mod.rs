@@ -140,6 +140,11 @@ pub fn read_flow(index: usize, text: &[u8]) -> Result<FlowEntry, ConfigError> {
     if !is_object(text) {
         return Err(error(at(), "must be a JSON object".into()));
     }
+    // Most entries are valid, and tracking the path costs an allocation per key: an entry is
+    // read again with the path tracked only to say where its problem is.
+    if let Ok(entry) = serde_json::from_slice(text) {
+        return Ok(entry);
+    }
     read(text).map_err(|failure| match failure {
         Failure::Data(path, problem) if path.is_empty() => error(at(), problem),
         Failure::Data(path, problem) => error(format!("{}.{path}", at()), problem),
@@ -179,11 +184,6 @@ enum Failure {
 }
 
 fn read<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, Failure> {
-    // Most texts are valid, and tracking the path costs an allocation per key: read again with
-    // the path tracked only to say where a problem is.
-    if let Ok(value) = serde_json::from_slice(text) {
-        return Ok(value);
-    }
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     let value =
         serde_path_to_error::deserialize(&mut deserializer).map_err(|e: Located| match e.inner().classify() {
