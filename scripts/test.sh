@@ -26,6 +26,10 @@ cargo clippy --quiet -p flowgate --target wasm32-wasip1 -- -D warnings
 step "unit tests (host): cargo test --workspace --exclude flowgate-e2e"
 cargo test --workspace --exclude flowgate-e2e
 
+step "docs/config.schema.json is fresh: cargo test -p flowgate --features schema --test schema"
+cargo clippy --quiet -p flowgate --all-targets --features schema -- -D warnings
+cargo test -p flowgate --features schema --test schema
+
 step "unit tests (wasm32-unknown-unknown under Node): cargo test -p flowgate --target wasm32-unknown-unknown"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p flowgate --target wasm32-unknown-unknown

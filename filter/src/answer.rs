@@ -5,7 +5,7 @@ use minijinja::value::{merge_maps, ValueKind};
 use minijinja::Value;
 use serde_json::value::RawValue;
 
-use crate::config::{Flow, Mode};
+use crate::flows::{Flow, Mode};
 use crate::reply::{self, Refusal, Reply};
 
 /// The head of the answer coming back from the router.

@@ -7,9 +7,10 @@ use minijinja::Value;
 
 use crate::auth::{self, Credentials};
 use crate::body;
-use crate::config::{Flow, FlowStatus, Flows};
+use crate::flows::{Flow, Flows};
 use crate::reply::Refusal;
 use crate::route::{self, Route};
+use crate::schema::FlowStatus;
 
 /// Header-name prefix flowgate owns: removed from every request, set only by flowgate.
 pub const OWN_HEADER_PREFIX: &[u8] = b"x-flowgate-";

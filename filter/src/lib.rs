@@ -9,11 +9,13 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod directory;
+pub mod flows;
 pub mod gate;
 pub mod metrics;
 pub mod render;
 pub mod reply;
 pub mod route;
+pub mod schema;
 pub mod stream;
 pub mod wire;
 

@@ -1,7 +1,7 @@
 //! Every metric flowgate keeps, as types: the host defines each one listed here when a
 //! plugin is configured, and Envoy shows it as `wasmcustom.<name>` (docs/operations.md).
 
-use crate::config::Mode;
+use crate::flows::Mode;
 use crate::reply::Code;
 
 /// Counters, shared by every worker of an Envoy process.

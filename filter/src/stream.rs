@@ -19,7 +19,7 @@ mod host;
 pub use host::{Action, Host, Site};
 
 use crate::answer::{self, AnswerHead, AnswerPlan};
-use crate::config::Mode;
+use crate::flows::Mode;
 use crate::gate::{self, Admission, RequestHead, Verdict};
 use crate::metrics::Counter;
 use crate::reply::{Refusal, Reply};

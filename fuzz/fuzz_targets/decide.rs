@@ -12,7 +12,8 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use flowgate::config::{FlowStatus, PluginConfig};
+use flowgate::config::PluginConfig;
+use flowgate::schema::FlowStatus;
 use flowgate::gate::{decide, RequestHead, Verdict};
 use flowgate_fuzz::{bearer_token, executor_path, fixture, fixture_flow, show, Facts, FLOWS, PREFIXES};
 use libfuzzer_sys::fuzz_target;

@@ -17,7 +17,8 @@
 
 use arbitrary::Arbitrary;
 use flowgate::answer::{answer, plan, ExecutorHead, ResponsePlan};
-use flowgate::config::{Flow, Mode, PluginConfig};
+use flowgate::config::PluginConfig;
+use flowgate::flows::{Flow, Mode};
 use flowgate::reply::EdgeReply;
 use flowgate_fuzz::{hex_digest, to_bytes, Json, TEMPLATES, TOKEN_A};
 use libfuzzer_sys::fuzz_target;
@@ -174,7 +175,7 @@ fn check_edge_reply(reply: &EdgeReply) {
             String::from_utf8_lossy(&full.body)
         )
     });
-    assert_eq!(envelope["error"], reply.code());
+    assert_eq!(envelope["error"], reply.code().as_str());
 }
 
 fn check_answer(flow: &Flow, input: &Input<'_>) {

@@ -6,7 +6,8 @@
 //! the filter's routing against it, so it must be written from the contract, not copied.
 
 use arbitrary::Arbitrary;
-use flowgate::config::{FlowStatus, PluginConfig};
+use flowgate::config::PluginConfig;
+use flowgate::schema::FlowStatus;
 use serde_json::{json, Value};
 
 /// Prefixes the `decide` target routes under: the default and two other canonical ones.

@@ -6,7 +6,8 @@ use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
-use crate::config::{ConfigError, Flows, FlowsBuilder, PartialFlows};
+use crate::flows::{Flows, FlowsBuilder, PartialFlows, ENTRIES_PER_STEP};
+use crate::schema::ConfigError;
 use crate::wire;
 
 /// The byte ranges of the flow entries of a directory document `{"flows": [...]}`.
@@ -50,10 +51,6 @@ pub fn index(document: &[u8]) -> Result<Vec<u8>, String> {
     blob.extend_from_slice(document);
     Ok(blob)
 }
-
-/// Entries loaded per step: a few milliseconds of work, so requests between steps
-/// are never held up for long while a large directory loads.
-pub const ENTRIES_PER_STEP: usize = 250;
 
 /// A directory generation being loaded, one step at a time, while the previous
 /// flow set stays in force.

@@ -12,7 +12,8 @@ pub mod protocol;
 pub mod shared;
 pub mod sync;
 
-pub use document::{entries, index, Loading, ENTRIES_PER_STEP};
+pub use crate::flows::ENTRIES_PER_STEP;
+pub use document::{entries, index, Loading};
 
 /// How often a VM looks for a new generation: often enough that every worker sees a
 /// new set well within one refresh interval of its fetch.

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use super::shared::Key;
-use crate::config::Flows;
+use crate::flows::Flows;
 pub use crate::metrics::{Counter, Gauge};
 
 /// A shared-data entry as read: its value (`None`: absent) and its CAS number.

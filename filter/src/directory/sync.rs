@@ -20,7 +20,8 @@ use std::rc::Rc;
 pub use super::protocol::{Access, Answer, Command, Counter, Event, Gauge, Level, Shared};
 use super::shared::{Lease, Published};
 use super::{document, tick_ms, Loading};
-use crate::config::{Directory, Flows, FlowsBuilder};
+use crate::config::Directory;
+use crate::flows::{Flows, FlowsBuilder};
 
 /// A fetch is given this long before Envoy ends it as failed.
 pub const FETCH_TIMEOUT_MS: u64 = 5_000;

@@ -14,9 +14,10 @@ use proxy_wasm::types::{BufferType, ContextType, MapType};
 use super::abi;
 use super::http::Http;
 use super::metrics::Metrics;
-use crate::config::{Flows, FlowsBuilder, PluginConfig};
+use crate::config::PluginConfig;
 use crate::directory::shared::{Key, Keys};
 use crate::directory::sync::{Answer, Command, Event, Level, Shared, Sync};
+use crate::flows::{Flows, FlowsBuilder};
 
 /// What every stream of this VM reads.
 pub struct Vm {

@@ -1,7 +1,7 @@
 //! What a stream exchanges with its host: the calls it makes, what it answers each
 //! callback, the outcomes it counts and the per-VM facts it reads.
 
-use crate::config::Flows;
+use crate::flows::Flows;
 use crate::metrics::Counter;
 use crate::reply::Reply;
 

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::config::FlowStatus;
 use crate::directory::shared::{self, Key, Published};
 use crate::directory::{index, ENTRIES_PER_STEP};
+use crate::schema::FlowStatus;
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 

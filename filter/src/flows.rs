@@ -1,0 +1,281 @@
+//! Flow sets: built from JSON flow entries a chunk at a time, for the plugin configuration
+//! (all entries must be valid) and for the live directory (a bad entry is skipped, and its
+//! last valid version stays).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use serde_json::value::RawValue;
+
+use crate::auth::TokenDigest;
+use crate::render::{self, ResponseTemplate};
+use crate::schema::{self, ConfigError, FlowEntry, FlowStatus, DEFAULT_CONTENT_TYPE};
+
+/// Entries built per step: a few milliseconds of work, so requests between directory
+/// loading steps are never held up for long, and a configuration's flows are never held
+/// whole as JSON.
+pub const ENTRIES_PER_STEP: usize = 250;
+
+/// Sync flows answer with the flow output; async flows answer once the run is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Sync,
+    Async,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+        }
+    }
+}
+
+/// One flow's webhook: who may call it, how, and how it answers.
+#[derive(Debug)]
+pub struct Flow {
+    pub id: String,
+    pub ref_id: String,
+    pub status: FlowStatus,
+    pub tokens: Vec<TokenDigest>,
+    pub mode: Mode,
+    pub methods: Vec<String>,
+    /// `methods` joined for the `Allow` header.
+    pub allow: String,
+    pub max_body_bytes: u64,
+    pub response: Option<ResponseTemplate>,
+}
+
+/// The set of flows in force, by id.
+#[derive(Debug, Default)]
+pub struct Flows {
+    by_id: HashMap<String, Rc<Flow>>,
+}
+
+impl Flows {
+    pub fn get(&self, id: &str) -> Option<&Rc<Flow>> {
+        self.by_id.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// A flow set under construction, filled a chunk of entries at a time.
+#[derive(Debug, Default)]
+pub struct PartialFlows {
+    by_id: HashMap<String, Rc<Flow>>,
+    problems: Vec<ConfigError>,
+    /// Position of the next entry in the whole list (for error locations).
+    next_index: usize,
+}
+
+impl PartialFlows {
+    pub fn entries_added(&self) -> usize {
+        self.next_index
+    }
+
+    pub fn finish(self) -> (Flows, Vec<ConfigError>) {
+        (Flows { by_id: self.by_id }, self.problems)
+    }
+}
+
+/// Builds a flow set from JSON flow entries, checking their templates (one environment per chunk).
+pub struct FlowsBuilder {
+    default_max_body_bytes: u64,
+}
+
+impl FlowsBuilder {
+    pub fn new(default_max_body_bytes: u64) -> Self {
+        FlowsBuilder { default_max_body_bytes }
+    }
+
+    /// All entries must be valid; the first problem is the error.
+    pub fn strict(&self, entries: &[&RawValue]) -> Result<Flows, ConfigError> {
+        let mut partial = PartialFlows::default();
+        for chunk in entries.chunks(ENTRIES_PER_STEP) {
+            let texts = chunk.iter().map(|raw| raw.get().as_bytes());
+            self.add_texts(&mut partial, texts, &Flows::default());
+            if let Some(problem) = partial.problems.first() {
+                return Err(problem.clone());
+            }
+        }
+        Ok(partial.finish().0)
+    }
+
+    /// Invalid entries are skipped and returned as problems; a skipped flow keeps its
+    /// version from `previous`, if it had one.
+    pub fn lenient(&self, entries: &[&[u8]], previous: &Flows) -> (Flows, Vec<ConfigError>) {
+        let mut partial = PartialFlows::default();
+        for chunk in entries.chunks(ENTRIES_PER_STEP) {
+            self.add_texts(&mut partial, chunk.iter().copied(), previous);
+        }
+        partial.finish()
+    }
+
+    /// Reads and adds the next chunk of entries (JSON texts) to a flow set under construction.
+    pub fn add_texts<'t>(&self, partial: &mut PartialFlows, texts: impl Iterator<Item = &'t [u8]>, previous: &Flows) {
+        let first = partial.next_index;
+        let entries: Vec<(&[u8], Result<FlowEntry, ConfigError>)> = (first..)
+            .zip(texts)
+            .map(|(index, text)| (text, schema::read_flow(index, text)))
+            .collect();
+        partial.next_index += entries.len();
+        let templates = Rc::new(render::check_all((first..).zip(&entries).filter_map(
+            |(index, (_, entry))| {
+                let body = &entry.as_ref().ok()?.response.as_ref()?.body;
+                Some((template_name(index), body.as_str()))
+            },
+        )));
+        for (index, (text, entry)) in (first..).zip(entries) {
+            match entry.and_then(|entry| self.flow(index, entry, &templates)) {
+                Ok(flow) if partial.by_id.contains_key(&flow.id) => {
+                    let at = schema::flow_at(index, &flow.id);
+                    partial.problems.push(schema::error(at, "duplicate flow id".into()));
+                }
+                Ok(flow) => {
+                    partial.by_id.insert(flow.id.clone(), Rc::new(flow));
+                }
+                Err(problem) => {
+                    if let Some(old) = schema::entry_id(text).and_then(|id| previous.get(&id)) {
+                        partial.by_id.entry(old.id.clone()).or_insert_with(|| Rc::clone(old));
+                    }
+                    partial.problems.push(problem);
+                }
+            }
+        }
+    }
+
+    /// A flow from its checked entry: what no single field can check, and its template.
+    fn flow(&self, index: usize, entry: FlowEntry, templates: &Rc<render::Templates>) -> Result<Flow, ConfigError> {
+        let id = entry.id.into_string();
+        let ref_id = entry.ref_id.into_string();
+        let at = |field: &str| format!("{}.{field}", schema::flow_at(index, &id));
+        let mode = match entry.is_async {
+            Some(true) => Mode::Async,
+            _ => Mode::Sync,
+        };
+        if mode == Mode::Async && ref_id == "run" {
+            return Err(schema::error(
+                at("ref_id"),
+                "\"run\" is reserved in async flows (it holds the executor's acceptance)".into(),
+            ));
+        }
+        let response = match entry.response {
+            Some(response) => {
+                templates
+                    .check(&template_name(index))
+                    .map_err(|problem| schema::error(at("response.body"), problem))?;
+                let content_type = response
+                    .content_type
+                    .map_or_else(|| DEFAULT_CONTENT_TYPE.to_string(), |c| c.into_string());
+                Some(ResponseTemplate::new(
+                    response.status.get(),
+                    content_type,
+                    Rc::clone(templates),
+                    template_name(index),
+                    (&id, &ref_id),
+                ))
+            }
+            None => None,
+        };
+        let methods = entry
+            .methods
+            .map_or_else(|| vec!["POST".to_string()], |methods| methods.into_vec());
+        Ok(Flow {
+            allow: methods.join(", "),
+            status: entry.status,
+            tokens: entry.token_sha256.into_vec(),
+            mode,
+            methods,
+            max_body_bytes: entry.max_body_bytes.map_or(self.default_max_body_bytes, |l| l.get()),
+            response,
+            id,
+            ref_id,
+        })
+    }
+}
+
+fn template_name(index: usize) -> String {
+    format!("flows[{index}]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::DEFAULT_MAX_BODY_BYTES;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn flow(extra: serde_json::Value) -> Vec<u8> {
+        let mut flow = serde_json::json!({"id": "f-1", "ref_id": "web1", "status": "live", "token_sha256": [DIGEST]});
+        if let (Some(flow), Some(extra)) = (flow.as_object_mut(), extra.as_object()) {
+            flow.extend(extra.clone());
+        }
+        flow.to_string().into_bytes()
+    }
+
+    #[test]
+    fn lenient_loading_keeps_the_last_valid_version_of_a_broken_flow() {
+        let builder = FlowsBuilder::new(DEFAULT_MAX_BODY_BYTES);
+        let (first, _) = builder.lenient(
+            &[&flow(serde_json::json!({})), &flow(serde_json::json!({"id": "f-2"}))],
+            &Flows::default(),
+        );
+        let entries = [
+            flow(serde_json::json!({"status": "bogus"})),
+            flow(serde_json::json!({"id": "f-2", "status": "paused"})),
+            flow(serde_json::json!({"id": "f-3", "tokens": []})),
+            b"7".to_vec(),
+        ];
+        let texts: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        let (second, problems) = builder.lenient(&texts, &first);
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "flows[0] (id \"f-1\").status: must be \"draft\", \"live\" or \"paused\", not \"bogus\"",
+                "flows[2] (id \"f-3\").tokens: unknown field (known: id, ref_id, status, token_sha256, async, methods, max_body_bytes, response)",
+                "flows[3] (id \"?\"): must be a JSON object",
+            ]
+        );
+        assert_eq!(second.get("f-1").unwrap().status, FlowStatus::Live);
+        assert_eq!(second.get("f-2").unwrap().status, FlowStatus::Paused);
+        assert!(second.get("f-3").is_none());
+    }
+
+    #[test]
+    fn entries_are_checked_beyond_their_fields() {
+        let builder = FlowsBuilder::new(1024);
+        let entries = [
+            flow(serde_json::json!({"async": true, "ref_id": "run"})),
+            flow(serde_json::json!({"id": "f-2", "methods": ["GET", "PUT"], "max_body_bytes": 10})),
+            flow(serde_json::json!({"id": "f-3", "ref_id": null})),
+            flow(serde_json::json!({"id": "f-4", "methods": ["GET", "put"]})),
+        ];
+        let texts: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        let (flows, problems) = builder.lenient(&texts, &Flows::default());
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "flows[0] (id \"f-1\").ref_id: \"run\" is reserved in async flows (it holds the executor's acceptance)",
+                "flows[2] (id \"f-3\").ref_id: invalid type: null, expected a string",
+                "flows[3] (id \"f-4\").methods[1]: \"put\" is not an upper-case HTTP method",
+            ]
+        );
+        let f2 = flows.get("f-2").unwrap();
+        assert_eq!(
+            (f2.allow.as_str(), f2.max_body_bytes, f2.mode),
+            ("GET, PUT", 10, Mode::Sync)
+        );
+    }
+}
