@@ -1,0 +1,250 @@
+//! A tenant's template source, rewritten so that every operation whose cost depends on the
+//! size of its operands goes through a checked function of [`super::limits`].
+//!
+//! minijinja lets filters, tests and functions be replaced, but not its operators: `*`, `+`
+//! and `~` build strings and lists of any size in one instruction, and `==`, `in`,
+//! slicing and indexing walk values of any size. So the template is parsed, and the source
+//! text is edited at the parsed spans before it is compiled:
+//!
+//! - `a * b`, `a + b`, `a ~ b` become `__flowgate_mul(a, b)`, `__flowgate_add(a, b)`,
+//!   `__flowgate_concat(a, b)` (checked sizes, charged to the render's budget);
+//! - each operand of a comparison (`==`, `<`, `in`, ...), the value being sliced and the
+//!   arguments of a method call (`loop.changed(x)`) are wrapped in `__flowgate_cost(..)`,
+//!   which charges the value's size and returns it unchanged; an indexed value is wrapped in
+//!   `__flowgate_index(..)`, which charges only lazy sequences (indexing them walks them);
+//! - the value of every `{% set %}` is wrapped in `__flowgate_keep(..)`, which charges it
+//!   and bounds its nesting depth (a namespace could otherwise nest a list 10,000 deep).
+//!
+//! Constructs that capture output outside the capped writer (`macro`, `call`, set and
+//! filter blocks, recursive loops) or read another flow's template (`include`, `import`,
+//! `extends`, `block`) are refused, as is any use of the `__flowgate_` prefix. Newlines
+//! are kept, so errors name the line of the tenant's source. An edit only ever drops
+//! parentheses, whitespace and the operator itself; if a span would drop anything else the
+//! template is refused rather than rewritten wrongly.
+
+use minijinja::machinery::ast::{BinOpKind, CallArg, Expr, Stmt};
+use minijinja::machinery::{parse, Span, WhitespaceConfig};
+use minijinja::syntax::SyntaxConfig;
+
+/// Why a template was refused: `syntax error at line 3: macros are not supported`.
+pub type Refusal = String;
+
+/// Names the rewrite introduces; a template may not use them itself.
+pub const PREFIX: &str = "__flowgate_";
+
+/// Rewrites `source` (see the module documentation); the error is a compile error.
+pub fn rewrite(source: &str) -> Result<String, Refusal> {
+    if source.contains(PREFIX) {
+        return Err(refuse(None, "names starting with `__flowgate_` are reserved"));
+    }
+    let ast =
+        parse(source, "<template>", SyntaxConfig, WhitespaceConfig::default()).map_err(|e| super::describe(&e))?;
+    let mut edits = Edits {
+        source,
+        list: Vec::new(),
+    };
+    edits.stmt(&ast)?;
+    edits.apply()
+}
+
+fn refuse(span: Option<Span>, what: &str) -> Refusal {
+    match span {
+        Some(span) => format!("syntax error at line {}: {what}", span.start_line),
+        None => format!("syntax error: {what}"),
+    }
+}
+
+/// Replacements of `start..end` by `text`, in the order they were made (outer before inner).
+struct Edits<'s> {
+    source: &'s str,
+    list: Vec<(usize, usize, String)>,
+}
+
+fn start(span: Span) -> usize {
+    span.start_offset as usize
+}
+
+fn end(span: Span) -> usize {
+    span.end_offset as usize
+}
+
+impl Edits<'_> {
+    /// Replaces `start..end` by `text`, keeping the newlines of what it drops; refuses to
+    /// drop anything but parentheses, whitespace and `operator`.
+    fn replace(&mut self, range: (usize, usize), text: &str, operator: &str, span: Span) -> Result<(), Refusal> {
+        let (from, to) = range;
+        let dropped = self
+            .source
+            .get(from..to)
+            .ok_or_else(|| refuse(Some(span), "unsupported expression"))?;
+        let rest = dropped.replacen(operator, "", 1);
+        if !rest.chars().all(|c| c.is_whitespace() || c == '(' || c == ')') {
+            return Err(refuse(Some(span), "unsupported expression layout"));
+        }
+        let newlines = dropped.matches('\n').count();
+        self.list.push((from, to, format!("{text}{}", "\n".repeat(newlines))));
+        Ok(())
+    }
+
+    /// `expr` becomes `function((expr))` (the inner parentheses keep a bare tuple one value).
+    fn wrap(&mut self, function: &str, expr: &Expr<'_>) -> Result<(), Refusal> {
+        let span = expr.span();
+        self.list
+            .push((start(span), start(span), format!("{PREFIX}{function}((")));
+        self.expr(expr)?;
+        self.list.push((end(span), end(span), "))".to_string()));
+        Ok(())
+    }
+
+    fn stmts(&mut self, stmts: &[Stmt<'_>]) -> Result<(), Refusal> {
+        stmts.iter().try_for_each(|stmt| self.stmt(stmt))
+    }
+
+    fn stmt(&mut self, stmt: &Stmt<'_>) -> Result<(), Refusal> {
+        match stmt {
+            Stmt::Template(t) => self.stmts(&t.children),
+            Stmt::EmitExpr(e) => self.expr(&e.expr),
+            Stmt::EmitRaw(_) => Ok(()),
+            Stmt::ForLoop(f) if f.recursive => Err(refuse(Some(f.span()), "recursive loops are not supported")),
+            Stmt::ForLoop(f) => {
+                self.expr(&f.iter)?;
+                if let Some(filter) = &f.filter_expr {
+                    self.expr(filter)?;
+                }
+                self.stmts(&f.body)?;
+                self.stmts(&f.else_body)
+            }
+            Stmt::IfCond(i) => {
+                self.expr(&i.expr)?;
+                self.stmts(&i.true_body)?;
+                self.stmts(&i.false_body)
+            }
+            Stmt::WithBlock(w) => {
+                for (_, value) in &w.assignments {
+                    self.wrap("keep", value)?;
+                }
+                self.stmts(&w.body)
+            }
+            Stmt::Set(s) => self.wrap("keep", &s.expr),
+            Stmt::AutoEscape(a) => {
+                self.expr(&a.enabled)?;
+                self.stmts(&a.body)
+            }
+            Stmt::Do(d) => self.call(&d.call.expr, &d.call.args),
+            Stmt::SetBlock(s) => Err(refuse(Some(s.span()), "set blocks are not supported")),
+            Stmt::FilterBlock(s) => Err(refuse(Some(s.span()), "filter blocks are not supported")),
+            Stmt::Macro(s) => Err(refuse(Some(s.span()), "macros are not supported")),
+            Stmt::CallBlock(s) => Err(refuse(Some(s.span()), "call blocks are not supported")),
+            Stmt::Block(s) => Err(refuse(Some(s.span()), "blocks are not supported")),
+            Stmt::Import(s) => Err(refuse(Some(s.span()), "a response template cannot import another")),
+            Stmt::FromImport(s) => Err(refuse(Some(s.span()), "a response template cannot import another")),
+            Stmt::Extends(s) => Err(refuse(Some(s.span()), "a response template cannot extend another")),
+            Stmt::Include(s) => Err(refuse(Some(s.span()), "a response template cannot include another")),
+        }
+    }
+
+    fn args(&mut self, args: &[CallArg<'_>], wrap: bool) -> Result<(), Refusal> {
+        for arg in args {
+            let (CallArg::Pos(e) | CallArg::Kwarg(_, e) | CallArg::PosSplat(e) | CallArg::KwargSplat(e)) = arg;
+            if wrap {
+                self.wrap("cost", e)?;
+            } else {
+                self.expr(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn call(&mut self, callee: &Expr<'_>, args: &[CallArg<'_>]) -> Result<(), Refusal> {
+        self.expr(callee)?;
+        // A method (`loop.changed(x)`, `loop.cycle(..)`) compares or keeps its arguments.
+        self.args(args, matches!(callee, Expr::GetAttr(_)))
+    }
+
+    fn expr(&mut self, expr: &Expr<'_>) -> Result<(), Refusal> {
+        match expr {
+            Expr::Var(_) | Expr::Const(_) => Ok(()),
+            Expr::Slice(s) => {
+                self.wrap("cost", &s.expr)?;
+                for part in [&s.start, &s.stop, &s.step].into_iter().flatten() {
+                    self.expr(part)?;
+                }
+                Ok(())
+            }
+            Expr::UnaryOp(u) => self.expr(&u.expr),
+            Expr::BinOp(b) => {
+                let (function, operator) = match b.op {
+                    BinOpKind::Add => ("add", "+"),
+                    BinOpKind::Mul => ("mul", "*"),
+                    BinOpKind::Concat => ("concat", "~"),
+                    BinOpKind::Eq
+                    | BinOpKind::Ne
+                    | BinOpKind::Lt
+                    | BinOpKind::Lte
+                    | BinOpKind::Gt
+                    | BinOpKind::Gte
+                    | BinOpKind::In => {
+                        self.wrap("cost", &b.left)?;
+                        return self.wrap("cost", &b.right);
+                    }
+                    _ => {
+                        self.expr(&b.left)?;
+                        return self.expr(&b.right);
+                    }
+                };
+                let (whole, left, right) = (b.span(), b.left.span(), b.right.span());
+                self.replace((start(whole), start(left)), &format!("{PREFIX}{function}("), "", whole)?;
+                self.expr(&b.left)?;
+                self.replace((end(left), start(right)), ", ", operator, whole)?;
+                self.expr(&b.right)?;
+                self.replace((end(right), end(whole)), ")", "", whole)
+            }
+            Expr::Compare(c) => {
+                self.wrap("cost", &c.expr)?;
+                c.ops.iter().try_for_each(|op| self.wrap("cost", &op.expr))
+            }
+            Expr::IfExpr(i) => {
+                self.expr(&i.test_expr)?;
+                self.expr(&i.true_expr)?;
+                i.false_expr.as_ref().map_or(Ok(()), |e| self.expr(e))
+            }
+            Expr::Filter(f) => {
+                if let Some(e) = &f.expr {
+                    self.expr(e)?;
+                }
+                self.args(&f.args, false)
+            }
+            Expr::Test(t) => {
+                self.expr(&t.expr)?;
+                self.args(&t.args, false)
+            }
+            Expr::GetAttr(g) => self.expr(&g.expr),
+            Expr::GetItem(g) => {
+                self.wrap("index", &g.expr)?;
+                self.expr(&g.subscript_expr)
+            }
+            Expr::Call(c) => self.call(&c.expr, &c.args),
+            Expr::List(l) => l.items.iter().try_for_each(|e| self.expr(e)),
+            Expr::Map(m) => m.keys.iter().chain(&m.values).try_for_each(|e| self.expr(e)),
+        }
+    }
+
+    /// The rewritten source: edits applied in source order (stable, so an outer edit at the
+    /// same offset as an inner one comes first).
+    fn apply(mut self) -> Result<String, Refusal> {
+        self.list.sort_by_key(|(from, _, _)| *from);
+        let mut out = String::with_capacity(self.source.len() * 2);
+        let mut at = 0;
+        for (from, to, text) in &self.list {
+            let kept = self
+                .source
+                .get(at..*from)
+                .ok_or_else(|| refuse(None, "unsupported expression layout"))?;
+            out.push_str(kept);
+            out.push_str(text);
+            at = *to;
+        }
+        out.push_str(self.source.get(at..).unwrap_or_default());
+        Ok(out)
+    }
+}
