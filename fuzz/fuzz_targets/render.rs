@@ -5,8 +5,9 @@
 //!
 //! Invariants:
 //! - `plan`, `answer` and `EdgeReply::reply` never panic;
-//! - `plan` maps router replies to 503/504, non-2xx executor answers to 502, and passes
-//!   through only sync flows without a template;
+//! - `plan` maps router replies to 503/504, an async executor's 429/503 to 503 (it could
+//!   not queue the run), other non-2xx executor answers to 502, and passes through only
+//!   sync flows without a template;
 //! - `answer` is a `Reply` with the template's status and content type (or the default
 //!   async envelope, 200, with the executor's object spliced in byte for byte), or an
 //!   `EdgeReply` with status 500 (template error) or 502 (sync output that is not a JSON
@@ -149,7 +150,10 @@ fn check_plan(flow: &Flow, input: &Input<'_>) {
         }
         ResponsePlan::Reply(reply) => {
             assert!(!(200..300).contains(&input.status), "2xx replaced by {reply:?}");
-            assert_eq!(reply.status(), 502);
+            // An async executor that cannot queue the run (429/503) asks the sender to retry
+            // (CONTRACT 3.2); any other non-2xx is an executor error.
+            let cannot_queue = flow.mode == Mode::Async && matches!(input.status, 429 | 503);
+            assert_eq!(reply.status(), if cannot_queue { 503 } else { 502 }, "{reply:?}");
         }
         ResponsePlan::PassThrough => {
             assert!(head.via_upstream && (200..300).contains(&input.status));
