@@ -162,8 +162,14 @@ fn ordinary_templates_render_as_before() {
         ("{{ '%s-%03d' | format('a', 7) }}|{{ 'a b' | replace(' ', '_') }}|{{ web1.tags | map('upper') | list }}", "a-007|a_b|[\"A\", \"B\", \"C\"]"),
         ("{% with x = web1.company_id * 2 %}{{ x }}{% endwith %}|{{ web1.tags | select('eq', 'b') | list }}", "10|[\"b\"]"),
         ("{{ (\n  web1.company_id\n  ~ 'x'\n) }}", "5x"),
+        ("{{ ((('a')) * 3) }}|{{ not 1 ~ 2 }}|{{ web1.x is defined ~ '!' }}|{{ none ~ 1 }}|{{ [3, 1][::-1] * 2 }}", "aaa|False|False!|None1|[1, 3, 1, 3]"),
+        ("{{ (web1.name ~ '?')[0] }}|{{ web1.tags | join ~ '.' }}|{{ 1 if 2 > 1 else 0 ~ 'x' }}|{{ [1] + [2] + [3] }}", "A|abc.|1|[1, 2, 3]"),
+        ("{{ {'a': [1, 2 * 2]}['a'][1] }}|{{ web1.company_id * -2 }}|{{ (1, 2) + (3,) }}|{{ 2 * 'ab' }}", "4|-10|[1, 2, 3]|abab"),
         ("{% set a, b = 1, 2 %}{{ a + b }}|{% set t = (1, 2) %}{{ t | length }}|{% set x = [1] %}{{ x * 2 }}", "3|2|[1, 1]"),
     ] {
+        // As minijinja itself renders it, and as written here.
+        let plain = minijinja::Environment::new().render_str(source, &ctx).unwrap_or_else(|e| panic!("{source}: {e}"));
+        assert_eq!(render(source, ctx.clone()), Ok(plain), "{source}");
         assert_eq!(render(source, ctx.clone()), Ok(expected.to_string()), "{source}");
     }
 }

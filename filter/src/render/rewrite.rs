@@ -20,7 +20,9 @@
 //! `extends`, `block`) are refused, as is any use of the `__flowgate_` prefix. Newlines
 //! are kept, so errors name the line of the tenant's source. An edit only ever drops
 //! parentheses, whitespace and the operator itself; if a span would drop anything else the
-//! template is refused rather than rewritten wrongly.
+//! template is refused rather than rewritten wrongly. Last, the result is parsed again and
+//! checked: every operator and operand the rewrite guards must be guarded, whatever the
+//! spans said, or the template is refused.
 
 use minijinja::machinery::ast::{BinOpKind, CallArg, Expr, Stmt};
 use minijinja::machinery::{parse, Span, WhitespaceConfig};
@@ -42,9 +44,21 @@ pub fn rewrite(source: &str) -> Result<String, Refusal> {
     let mut edits = Edits {
         source,
         list: Vec::new(),
+        verify: false,
     };
     edits.stmt(&ast)?;
-    edits.apply()
+    let rewritten = edits.apply()?;
+    // The spans are minijinja's; rather than trust them, parse the result and check that
+    // every operation the rewrite should have guarded is guarded.
+    let layout = || refuse(None, "unsupported expression layout");
+    let ast = parse(&rewritten, "<template>", SyntaxConfig, WhitespaceConfig::default()).map_err(|_| layout())?;
+    let mut check = Edits {
+        source: &rewritten,
+        list: Vec::new(),
+        verify: true,
+    };
+    check.stmt(&ast).map_err(|_| layout())?;
+    Ok(rewritten)
 }
 
 fn refuse(span: Option<Span>, what: &str) -> Refusal {
@@ -58,14 +72,49 @@ fn refuse(span: Option<Span>, what: &str) -> Refusal {
 struct Edits<'s> {
     source: &'s str,
     list: Vec<(usize, usize, String)>,
+    /// Instead of editing, check that the source is already rewritten.
+    verify: bool,
 }
 
-fn start(span: Span) -> usize {
-    span.start_offset as usize
-}
-
-fn end(span: Span) -> usize {
-    span.end_offset as usize
+/// Where `expr` starts and ends in the source: its span joined with its operands' (a
+/// filter's or test's own span starts at its name, not at the value it applies to).
+fn extent(expr: &Expr<'_>) -> (usize, usize) {
+    let span = expr.span();
+    let own = (span.start_offset as usize, span.end_offset as usize);
+    let args = |args: &[CallArg<'_>]| -> Vec<(usize, usize)> {
+        args.iter()
+            .map(|arg| {
+                let (CallArg::Pos(e) | CallArg::Kwarg(_, e) | CallArg::PosSplat(e) | CallArg::KwargSplat(e)) = arg;
+                extent(e)
+            })
+            .collect()
+    };
+    let parts: Vec<(usize, usize)> = match expr {
+        Expr::Var(_) | Expr::Const(_) => Vec::new(),
+        Expr::Slice(s) => std::iter::once(&s.expr)
+            .chain([&s.start, &s.stop, &s.step].into_iter().flatten())
+            .map(extent)
+            .collect(),
+        Expr::UnaryOp(u) => vec![extent(&u.expr)],
+        Expr::BinOp(b) => vec![extent(&b.left), extent(&b.right)],
+        Expr::Compare(c) => std::iter::once(&c.expr)
+            .chain(c.ops.iter().map(|op| &op.expr))
+            .map(extent)
+            .collect(),
+        Expr::IfExpr(i) => [Some(&i.test_expr), Some(&i.true_expr), i.false_expr.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(extent)
+            .collect(),
+        Expr::Filter(f) => f.expr.iter().map(extent).chain(args(&f.args)).collect(),
+        Expr::Test(t) => std::iter::once(extent(&t.expr)).chain(args(&t.args)).collect(),
+        Expr::GetAttr(g) => vec![extent(&g.expr)],
+        Expr::GetItem(g) => vec![extent(&g.expr), extent(&g.subscript_expr)],
+        Expr::Call(c) => std::iter::once(extent(&c.expr)).chain(args(&c.args)).collect(),
+        Expr::List(l) => l.items.iter().map(extent).collect(),
+        Expr::Map(m) => m.keys.iter().chain(&m.values).map(extent).collect(),
+    };
+    parts.into_iter().fold(own, |(a, b), (c, d)| (a.min(c), b.max(d)))
 }
 
 impl Edits<'_> {
@@ -88,11 +137,20 @@ impl Edits<'_> {
 
     /// `expr` becomes `function((expr))` (the inner parentheses keep a bare tuple one value).
     fn wrap(&mut self, function: &str, expr: &Expr<'_>) -> Result<(), Refusal> {
-        let span = expr.span();
-        self.list
-            .push((start(span), start(span), format!("{PREFIX}{function}((")));
+        if self.verify {
+            let inner = match expr {
+                Expr::Call(c) => match (&c.expr, c.args.as_slice()) {
+                    (Expr::Var(v), [CallArg::Pos(inner)]) if v.id.strip_prefix(PREFIX) == Some(function) => inner,
+                    _ => return Err(refuse(Some(expr.span()), "unguarded")),
+                },
+                _ => return Err(refuse(Some(expr.span()), "unguarded")),
+            };
+            return self.expr(inner);
+        }
+        let (from, to) = extent(expr);
+        self.list.push((from, from, format!("{PREFIX}{function}((")));
         self.expr(expr)?;
-        self.list.push((end(span), end(span), "))".to_string()));
+        self.list.push((to, to, "))".to_string()));
         Ok(())
     }
 
@@ -192,12 +250,16 @@ impl Edits<'_> {
                         return self.expr(&b.right);
                     }
                 };
-                let (whole, left, right) = (b.span(), b.left.span(), b.right.span());
-                self.replace((start(whole), start(left)), &format!("{PREFIX}{function}("), "", whole)?;
+                if self.verify {
+                    return Err(refuse(Some(b.span()), "unguarded"));
+                }
+                let (whole, left, right) = (extent(expr), extent(&b.left), extent(&b.right));
+                let span = b.span();
+                self.replace((whole.0, left.0), &format!("{PREFIX}{function}("), "", span)?;
                 self.expr(&b.left)?;
-                self.replace((end(left), start(right)), ", ", operator, whole)?;
+                self.replace((left.1, right.0), ", ", operator, span)?;
                 self.expr(&b.right)?;
-                self.replace((end(right), end(whole)), ")", "", whole)
+                self.replace((right.1, whole.1), ")", "", span)
             }
             Expr::Compare(c) => {
                 self.wrap("cost", &c.expr)?;
