@@ -155,9 +155,16 @@ fn extra(name: &str, args: &[Value]) -> Result<(), Error> {
             fits(n.checked_mul(text(1).len()).and_then(|sep| sep.checked_add(printed)))
         }
         "format" => {
+            // Each conversion prints at most its width or its argument; `%(key)s` can print
+            // the same mapping value many times, so each counts as the widest argument.
             let digits = text(0).split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty());
             let mut widths = digits.map(|w| w.parse::<usize>().unwrap_or(usize::MAX));
-            !text(0).contains('*') && fits(widths.try_fold(text(0).len(), usize::checked_add))
+            let widest = args.get(1..).unwrap_or_default().iter().try_fold(0, |widest, arg| {
+                Capped::measure(|w| write!(w, "{arg}")).map(|n| n.max(widest))
+            })?;
+            let printed = text(0).matches('%').count().checked_mul(widest);
+            let widths = widths.try_fold(text(0).len(), usize::checked_add);
+            !text(0).contains('*') && fits(printed.zip(widths).and_then(|(p, w)| p.checked_add(w)))
         }
         "tojson" => largest <= 16 && json_len(args.first(), largest).is_ok(),
         "pprint" => Capped::measure(|w| write!(w, "{:#?}", args.first().cloned().unwrap_or_default())).is_ok(),

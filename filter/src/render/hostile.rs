@@ -59,6 +59,7 @@ fn filter_arguments_are_capped() {
         "{% set a = [1] | indent(3308274083) | tojson %}",
         "{{ ('x\n' * 1000) | indent(2000) }}",
         "{{ '%999999999s' | format(1) }}",
+        "{{ ('%(a)s' * 100000) | format({'a': 'x' * 100000}) }}",
         "{{ '%*s' | format(999999999, 1) }}",
         "{{ ('ab' * 1000) | replace('', 'x' * 1000) }}",
         "{{ ('a' * 100000) | replace('a', 'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb') }}",
