@@ -52,6 +52,17 @@ fn one_operator_cannot_build_gigabytes() {
     }
 }
 
+/// Found by the `template` fuzz target: nothing to allocate, but a loop as long as the number.
+#[test]
+fn an_empty_list_repeats_at_once() {
+    #[cfg(not(target_arch = "wasm32"))]
+    let started = std::time::Instant::now();
+    let empty = render("{{ [] * 1000000000000000000 }}", serde_json::json!({}));
+    assert_eq!(empty, Ok("[]".to_string()));
+    #[cfg(not(target_arch = "wasm32"))]
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
+
 #[test]
 fn filter_arguments_are_capped() {
     for source in [

@@ -190,6 +190,8 @@ fn mul(a: &Value, b: &Value) -> Result<Value, Error> {
             .as_usize()
             .ok_or_else(|| fail("lists can only be multiplied with integers"))?;
         let items = collect(repeated, times)?;
+        // An empty list repeated a quintillion times is empty at once, not after a long loop.
+        let times = if items.is_empty() { 0 } else { times };
         let repeated: Vec<Value> = (0..times).flat_map(|_| items.iter().cloned()).collect();
         return built(Value::from(repeated));
     }
