@@ -164,7 +164,13 @@ fn extra(name: &str, args: &[Value]) -> Result<(), Error> {
             })?;
             let printed = text(0).matches('%').count().checked_mul(widest);
             let widths = widths.try_fold(text(0).len(), usize::checked_add);
-            !text(0).contains('*') && fits(printed.zip(widths).and_then(|(p, w)| p.checked_add(w)))
+            // minijinja slices a `%(key)` byte by byte and panics inside a multi-byte
+            // character (found by the `template` fuzz target): keys must be ASCII.
+            let ascii_keys = text(0)
+                .split("%(")
+                .skip(1)
+                .all(|rest| rest.split(')').next().is_some_and(str::is_ascii));
+            ascii_keys && !text(0).contains('*') && fits(printed.zip(widths).and_then(|(p, w)| p.checked_add(w)))
         }
         "tojson" => largest <= 16 && json_len(args.first(), largest).is_ok(),
         "pprint" => Capped::measure(|w| write!(w, "{:#?}", args.first().cloned().unwrap_or_default())).is_ok(),

@@ -63,6 +63,16 @@ fn an_empty_list_repeats_at_once() {
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
 }
 
+/// Found by the `template` fuzz target: minijinja's `format` panicked on a `%(key)` with a
+/// multi-byte character (a panic aborts the wasm VM).
+#[test]
+fn format_keys_are_ascii() {
+    let problem = render("{{ '%(é)s' | format({'é': 1}) }}", serde_json::json!({})).unwrap_err();
+    assert!(problem.contains("line 1"), "{problem}");
+    let ascii = render("{{ '%(a)s-é' | format({'a': 1}) }}", serde_json::json!({}));
+    assert_eq!(ascii, Ok("1-é".to_string()));
+}
+
 #[test]
 fn filter_arguments_are_capped() {
     for source in [
