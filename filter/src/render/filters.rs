@@ -9,7 +9,7 @@ use minijinja::value::{Rest, Value, ValueKind};
 use minijinja::{filters, tests, Environment, Error, State};
 
 use super::limits::{
-    charge, charge_value, check_built, fail, Capped, ITEM_UNITS, MAX_ITEMS, MAX_STRING_BYTES, TOO_LARGE,
+    charge, charge_value, check_built, fail, Capped, ITEM_UNITS, MAX_ITEMS, MAX_STRING_BYTES, NOT_SUPPORTED, TOO_LARGE,
 };
 
 /// How a built-in filter is let through.
@@ -170,7 +170,10 @@ fn extra(name: &str, args: &[Value]) -> Result<(), Error> {
                 .split("%(")
                 .skip(1)
                 .all(|rest| rest.split(')').next().is_some_and(str::is_ascii));
-            ascii_keys && !text(0).contains('*') && fits(printed.zip(widths).and_then(|(p, w)| p.checked_add(w)))
+            if !ascii_keys || text(0).contains('*') {
+                return Err(fail(NOT_SUPPORTED));
+            }
+            fits(printed.zip(widths).and_then(|(p, w)| p.checked_add(w)))
         }
         "tojson" => largest <= 16 && json_len(args.first(), largest).is_ok(),
         "pprint" => Capped::measure(|w| write!(w, "{:#?}", args.first().cloned().unwrap_or_default())).is_ok(),

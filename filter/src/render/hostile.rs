@@ -14,13 +14,13 @@ fn render(source: &str, json: serde_json::Value) -> Result<String, String> {
 
 fn refused_quickly(source: &str) -> String {
     // `Instant` is not available on wasm32-unknown-unknown; natively, a refusal takes
-    // milliseconds.
+    // milliseconds (10 s leaves room for a debug build on a busy machine; unbounded took minutes).
     #[cfg(not(target_arch = "wasm32"))]
     let started = std::time::Instant::now();
     let problem = render(source, serde_json::json!({"web1": {"company_id": 1}})).unwrap_err();
     #[cfg(not(target_arch = "wasm32"))]
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
+        started.elapsed() < std::time::Duration::from_secs(10),
         "{source}: {:?}",
         started.elapsed()
     );
