@@ -20,9 +20,9 @@ use minijinja::{Environment, Error, ErrorKind};
 pub const MAX_STRING_BYTES: usize = 1024 * 1024;
 /// Largest list an operation or filter may build, or iterate item by item.
 pub const MAX_ITEMS: usize = 100_000;
-/// Units one render may spend (about its peak memory in bytes, and at most a few hundred
-/// milliseconds of work).
-pub const MAX_WORK: u64 = 64 * 1024 * 1024;
+/// Units one render may spend: about its peak memory in bytes, and about 0.1 s of work
+/// natively at worst (text formatted with escapes is the slowest unit).
+pub const MAX_WORK: u64 = 16 * 1024 * 1024;
 /// Units per value: about what a value and its slot in a list occupy.
 pub const ITEM_UNITS: u64 = 32;
 /// Deepest nesting a kept value may have (request bodies parse to at most 127 levels).
