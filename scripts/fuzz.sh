@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Runs flowgate's fuzz targets (fuzz/, cargo-fuzz on the nightly toolchain), each for a
-# chosen time, and prints executions and crashes per target. Exits non-zero on a crash.
+# Runs flowgate's fuzz targets (fuzz/, cargo-fuzz on the nightly toolchain) and prints
+# executions and crashes per target. Exits non-zero on a crash.
 #
-#   scripts/fuzz.sh                   every target (but template, below), 60 s each
+#   scripts/fuzz.sh                   every target, 60 s of open-ended fuzzing each
 #   scripts/fuzz.sh 300 decide auth   the named targets, 300 s each
-#   scripts/fuzz.sh --smoke           every target ~10 s, after the harness's own unit tests
-#                                     (what scripts/test.sh runs)
+#   scripts/fuzz.sh --smoke           deterministic: the harness's unit tests, then every
+#                                     committed input (fuzz/seeds/<target>/ and every past
+#                                     crash in fuzz/regressions/<target>/) replayed once
+#                                     (-runs=0); what scripts/test.sh runs
 #   scripts/fuzz.sh --list            the targets
-#   scripts/fuzz.sh 60 template       the target for hostile templates, known to fail until
-#                                     rendering is bounded (fuzz/README.md); only run by name
 #
 # Installs what it needs when missing: the nightly toolchain (rustup) and cargo-fuzz (pinned,
 # into .tools/bin; about 90 s). A crash leaves its input in fuzz/artifacts/<target>/ and the
-# reproduce command in the output; the corpus grows in fuzz/corpus/<target>/ (both ignored by
-# git). Committed seeds in fuzz/seeds/<target>/ and dictionaries in fuzz/dicts/ are used too.
+# reproduce command in the output; fuzzing grows fuzz/corpus/<target>/ (both ignored by git).
+# Committed seeds and dictionaries (fuzz/dicts/) are used by every run.
+# Memory: `template` and `render` run with -malloc_limit_mb=256 (no render may allocate that
+# much at once), every target with -rss_limit_mb=2048.
 # Set FUZZ_JOBS=N to run N targets at once (default 1; fuzzing uses one core per target).
 set -euo pipefail
 
@@ -23,26 +25,21 @@ export PATH="$root/.tools/bin:$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 cargo_fuzz_version="0.13.2"
-targets_all=(config decide auth render wire)
-# Known to fail (fuzz/README.md, "Known gaps"): not in the default or smoke runs.
-targets_known_failing=(template)
+targets_all=(config decide auth render wire template)
 
 seconds=60
 smoke=0
 targets=()
 for arg in "$@"; do
   case "$arg" in
-    --smoke) smoke=1; seconds=10 ;;
-    --list)
-      printf '%s\n' "${targets_all[@]}"
-      printf '%s (known to fail; run by name)\n' "${targets_known_failing[@]}"
-      exit 0 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --smoke) smoke=1 ;;
+    --list) printf '%s\n' "${targets_all[@]}"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     ''|*[!0-9]*)
-      if [[ " ${targets_all[*]} ${targets_known_failing[*]} " == *" $arg "* ]]; then
+      if [[ " ${targets_all[*]} " == *" $arg "* ]]; then
         targets+=("$arg")
       else
-        echo "fuzz.sh: unknown target or argument: $arg (targets: ${targets_all[*]} ${targets_known_failing[*]})" >&2
+        echo "fuzz.sh: unknown target or argument: $arg (targets: ${targets_all[*]})" >&2
         exit 2
       fi ;;
     *) seconds="$arg" ;;
@@ -82,23 +79,39 @@ else
   cargo +nightly fuzz build
 fi
 
-# run_target NAME: fuzzes NAME for $seconds; leaves its log in $logs/NAME.log.
+# run_target NAME: fuzzes NAME for $seconds, or replays its committed inputs (--smoke);
+# leaves its log in $logs/NAME.log and its exit status in $logs/NAME.rc.
 logs="$(mktemp -d "${TMPDIR:-/tmp}/flowgate-fuzz.XXXXXX")"
 trap 'rm -rf "$logs"' EXIT
 run_target() {
-  local target="$1" dirs=("corpus/$1") flags=()
-  mkdir -p "corpus/$target"
+  local target="$1" dirs=() flags=()
+  if [ "$smoke" = 1 ]; then
+    # New inputs go to the first directory: an empty one, so the committed ones stay as they are.
+    mkdir -p "$logs/new-$target"
+    dirs+=("$logs/new-$target")
+    flags+=("-runs=0")
+  else
+    mkdir -p "corpus/$target"
+    dirs+=("corpus/$target")
+    flags+=("-max_total_time=$seconds")
+  fi
   [ -d "seeds/$target" ] && dirs+=("seeds/$target")
+  [ -d "regressions/$target" ] && dirs+=("regressions/$target")
   [ -f "dicts/$target.dict" ] && flags+=("-dict=dicts/$target.dict")
-  # A render that needs 256 MB is unbounded for a filter; elsewhere the default 2 GB stands.
-  [ "$target" = template ] && flags+=("-malloc_limit_mb=256")
+  # A render that needs 256 MB at once is unbounded for a filter (it runs in a wasm VM).
+  case "$target" in template|render) flags+=("-malloc_limit_mb=256") ;; esac
   # -timeout: an input that takes 10 s is a hang worth a report, not a wait.
+  local rc=0
   cargo +nightly fuzz run "$target" "${dirs[@]}" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    "${flags[@]}" >"$logs/$target.log" 2>&1
+    -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${flags[@]}" >"$logs/$target.log" 2>&1 || rc=$?
+  echo "$rc" >"$logs/$target.rc"
 }
 
-echo "==> fuzzing ${targets[*]}: ${seconds} s each"
+if [ "$smoke" = 1 ]; then
+  echo "==> replaying committed inputs of ${targets[*]} (seeds and regressions, -runs=0)"
+else
+  echo "==> fuzzing ${targets[*]}: ${seconds} s each"
+fi
 failed=()
 jobs="${FUZZ_JOBS:-1}"
 running=0
@@ -114,19 +127,20 @@ for target in "${targets[@]}"; do
 done
 for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 
-printf '%-8s %14s %10s  %s\n' target executions exec/s result
+printf '%-8s %14s %10s %8s  %s\n' target executions exec/s peak-rss result
 for target in "${targets[@]}"; do
   log="$logs/$target.log"
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
+  rss="$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -n 1)"
   artifact="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)"
-  if grep -q '^Done [0-9]* runs' "$log" && [ -z "$artifact" ]; then
+  if [ "$(cat "$logs/$target.rc")" = 0 ] && [ -z "$artifact" ]; then
     result="ok, no crashes"
   else
     result="CRASH${artifact:+: $artifact}"
     failed+=("$target")
   fi
-  printf '%-8s %14s %10s  %s\n' "$target" "${runs:-?}" "${rate:-?}" "$result"
+  printf '%-8s %14s %10s %8s  %s\n' "$target" "${runs:-?}" "${rate:-?}" "${rss:+${rss} MB}" "$result"
 done
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -103,8 +103,9 @@ pub fn reply(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8]
                     detail: "flow executor output is not a JSON object",
                 });
             };
-            // The request body wins over a step output of the same name.
-            merge_maps([Value::from_iter([(flow.ref_id.as_str(), request_body)]), output])
+            // The request body wins over a step output of the same name (CONTRACT 3.1):
+            // `merge_maps` lets a later map's key shadow an earlier one's.
+            merge_maps([output, Value::from_iter([(flow.ref_id.as_str(), request_body)])])
         }
     };
     let Some(template) = &flow.response else {
@@ -257,6 +258,17 @@ mod tests {
             "echo",
             serde_json::json!({"company_id": 123456}),
             r#"{"res1": {"value": 7}}"#,
+        )
+        .unwrap();
+        assert_eq!(reply.body, b"123456/7".to_vec());
+    }
+
+    #[test]
+    fn the_request_body_wins_over_a_step_output_named_like_the_ref_id() {
+        let reply = answer_for(
+            "echo",
+            serde_json::json!({"company_id": 123456}),
+            r#"{"web1": {"company_id": 999}, "res1": {"value": 7}}"#,
         )
         .unwrap();
         assert_eq!(reply.body, b"123456/7".to_vec());

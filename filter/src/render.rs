@@ -3,14 +3,24 @@
 //!
 //! A compiled minijinja template holds about 10 KB however short its source, so compiling
 //! on first use keeps memory proportional to the flows a worker answers, not to the flows
-//! configured. Rendering is bounded: minijinja fuel caps the work a template may do and the
-//! output is capped in size, so a hostile or buggy template cannot stall a worker.
+//! configured. Templates are tenant input: a template is rewritten before it is compiled
+//! ([`rewrite`]) so that its operators, filters and tests are charged to a per-render
+//! budget ([`limits`]); minijinja fuel caps its instructions and the output is capped in
+//! size, so no template can stall a worker or exhaust its VM's memory.
+
+mod filters;
+#[cfg(test)]
+mod hostile;
+mod limits;
+mod rewrite;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::rc::Rc;
 
 use minijinja::{AutoEscape, Environment, Value};
+
+pub use limits::{MAX_ITEMS, MAX_STRING_BYTES, MAX_WORK};
 
 /// Instructions a single render may execute; the seed's template needs a few dozen.
 const FUEL: u64 = 100_000;
@@ -19,11 +29,10 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// All response templates of one flow set.
 pub struct Templates {
-    /// Loads a template from its source on first use and keeps it compiled.
+    /// Loads a template from its rewritten source on first use and keeps it compiled.
     env: Environment<'static>,
-    /// What loading found per template: the variables it reads (`None`: it pulls in another,
-    /// so any), or its compile error.
-    checked: HashMap<String, Result<Option<HashSet<String>>, String>>,
+    /// What loading found per template: the variables it reads, or its compile error.
+    checked: HashMap<String, Result<HashSet<String>, String>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -34,28 +43,27 @@ impl std::fmt::Debug for Templates {
     }
 }
 
-/// Checks `(name, source)` pairs by compiling each once (then dropping it); failures are
-/// kept by name for `Templates::check`.
+/// Checks `(name, source)` pairs by rewriting and compiling each once (then dropping the
+/// compiled form); failures are kept by name for `Templates::check`.
 pub fn check_all<'a>(sources: impl Iterator<Item = (String, &'a str)>) -> Templates {
     let mut valid = HashMap::new();
     let mut checked = HashMap::new();
     let checker = Environment::new();
     for (name, source) in sources {
-        let result = checker
-            .template_from_str(source)
-            .map_err(|e| describe(&e))
-            .map(|template| {
-                let pulls_in = ["include", "import", "extends"].iter().any(|tag| source.contains(tag));
-                (!pulls_in).then(|| template.undeclared_variables(false))
-            });
-        if result.is_ok() {
-            valid.insert(name.clone(), source.to_string());
-        }
+        let result = rewrite::rewrite(source).and_then(|rewritten| {
+            let read = checker
+                .template_from_str(&rewritten)
+                .map_err(|e| describe(&e))?
+                .undeclared_variables(false);
+            valid.insert(name.clone(), rewritten);
+            Ok(read)
+        });
         checked.insert(name, result);
     }
     let mut env = Environment::new();
     env.set_fuel(Some(FUEL));
     env.set_auto_escape_callback(|_| AutoEscape::None);
+    limits::register(&mut env);
     env.set_loader(move |name| Ok(valid.get(name).cloned()));
     Templates { env, checked }
 }
@@ -72,16 +80,29 @@ impl Templates {
     /// Whether template `name` may read the variable `variable`.
     fn reads(&self, name: &str, variable: &str) -> bool {
         match self.checked.get(name) {
-            Some(Ok(Some(read))) => read.contains(variable),
+            Some(Ok(read)) => read.contains(variable),
             _ => true,
         }
     }
 }
 
-/// `syntax error at line 2: unexpected end of input` — kind, line and detail; never values.
+/// A compile error: `syntax error at line 2: unexpected end of input` — kind, line and
+/// detail. The detail quotes the template's own source, never a value.
 fn describe(e: &minijinja::Error) -> String {
     let line = e.line().map(|line| format!(" at line {line}")).unwrap_or_default();
     match e.detail() {
+        Some(detail) => format!("{}{line}: {detail}", e.kind()),
+        None => format!("{}{line}", e.kind()),
+    }
+}
+
+/// A render error: `invalid operation at line 3` — kind and line, plus the detail only
+/// when it names one of flowgate's limits. minijinja's own details can quote values
+/// (`unable to calculate 987654321 // 0`), which may come from the request or the
+/// executor, so they are dropped.
+fn describe_render(e: &minijinja::Error) -> String {
+    let line = e.line().map(|line| format!(" at line {line}")).unwrap_or_default();
+    match e.detail().filter(|detail| limits::DETAILS.contains(detail)) {
         Some(detail) => format!("{}{line}: {detail}", e.kind()),
         None => format!("{}{line}", e.kind()),
     }
@@ -127,13 +148,14 @@ impl ResponseTemplate {
             .templates
             .env
             .get_template(&self.name)
-            .map_err(|e| fail(describe(&e)))?;
+            .map_err(|e| fail(describe_render(&e)))?;
         let mut out = CappedWriter(Vec::new());
+        limits::start_render();
         template.render_captured_to(context, &mut out).map_err(|e| {
             if out.0.len() > MAX_OUTPUT_BYTES {
                 fail(format!("output exceeds {MAX_OUTPUT_BYTES} bytes"))
             } else {
-                fail(describe(&e))
+                fail(describe_render(&e))
             }
         })?;
         Ok(out.0)
@@ -166,13 +188,13 @@ mod tests {
 
     const SEED: &str = "{\"valid\": {% if res1.value == \"myResult\" %}\"{{ res1.value }}\"{% else %}false{% endif %}}";
 
-    fn template(source: &str) -> ResponseTemplate {
+    pub(super) fn template(source: &str) -> ResponseTemplate {
         let templates = Rc::new(check_all(std::iter::once(("t".to_string(), source))));
         templates.check("t").unwrap();
         ResponseTemplate::new(200, "application/json".into(), templates, "t".into(), ("f-1", "web1"))
     }
 
-    fn context(json: serde_json::Value) -> Value {
+    pub(super) fn context(json: serde_json::Value) -> Value {
         Value::from_serialize(json)
     }
 
@@ -194,9 +216,8 @@ mod tests {
         assert!(!template(SEED).reads_request_body);
         assert!(template("{{ web1.company_id }}").reads_request_body);
         assert!(template("{% if res1 %}{{ web1 | tojson }}{% endif %}").reads_request_body);
-        // `web10` is another variable; an included template may read anything.
+        // `web10` is another variable.
         assert!(!template("{{ web10 }}").reads_request_body);
-        assert!(template("{% include 'other' ignore missing %}").reads_request_body);
     }
 
     #[test]
@@ -225,7 +246,9 @@ mod tests {
 
     #[test]
     fn output_is_capped() {
-        let problem = template("{{ 'x' * 2000000 }}").render(&Value::UNDEFINED).unwrap_err();
+        let problem = template("{% for i in range(3) %}{{ 'x' * 1000000 }}{% endfor %}")
+            .render(&Value::UNDEFINED)
+            .unwrap_err();
         assert!(problem.contains("exceeds"), "{problem}");
     }
 }

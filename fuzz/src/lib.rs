@@ -241,6 +241,10 @@ pub mod jinja {
         Set(Vec<Expr<'a>>),
         Macro,
         EndMacro,
+        /// `{% set ns = namespace(a='x', l=[1]) %}`
+        Namespace,
+        /// `{% set ns.a = ... %}` or `ns.l`: a value kept across loop iterations.
+        SetNs(bool, Vec<Expr<'a>>),
         Raw(&'a str),
     }
 
@@ -255,6 +259,8 @@ pub mod jinja {
         Str(&'a str),
         List(Vec<i8>),
         Range(u32),
+        /// `ns.a` or `ns.l`
+        Kept(bool),
         Open,
         Close,
         Raw(&'a str),
@@ -285,6 +291,14 @@ pub mod jinja {
         String,
         Safe,
         Escape,
+        Format(u32),
+        TojsonIndent(u8),
+        Slice(u16),
+        Map,
+        Pprint,
+        ReplaceEmpty,
+        Lines,
+        Split,
     }
 
     #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -349,6 +363,14 @@ pub mod jinja {
                     Filter::String => "|string".to_string(),
                     Filter::Safe => "|safe".to_string(),
                     Filter::Escape => "|escape".to_string(),
+                    Filter::Format(n) => format!("|format('%{n}s', 1)"),
+                    Filter::TojsonIndent(n) => format!("|tojson(indent={n})"),
+                    Filter::Slice(n) => format!("|slice({n}, 0)"),
+                    Filter::Map => "|map('tojson')".to_string(),
+                    Filter::Pprint => "|pprint".to_string(),
+                    Filter::ReplaceEmpty => "|replace('', 'xy')".to_string(),
+                    Filter::Lines => "|lines".to_string(),
+                    Filter::Split => "|split".to_string(),
                 }),
                 Expr::Operator(op) => out.push_str(match op {
                     Operator::Plus => " + ",
@@ -374,6 +396,7 @@ pub mod jinja {
                     out.push_str(&format!("[{}]", items.join(", ")));
                 }
                 Expr::Range(n) => out.push_str(&format!("range({n})")),
+                Expr::Kept(list) => out.push_str(if *list { "ns.l" } else { "ns.a" }),
                 Expr::Open => out.push('('),
                 Expr::Close => out.push(')'),
                 Expr::Raw(s) => out.push_str(s),
@@ -397,6 +420,11 @@ pub mod jinja {
                 Piece::Set(e) => out.push_str(&format!("{{% set a = {} %}}", expression(e))),
                 Piece::Macro => out.push_str("{% macro m() %}"),
                 Piece::EndMacro => out.push_str("{% endmacro %}"),
+                Piece::Namespace => out.push_str("{% set ns = namespace(a='x', l=[1]) %}"),
+                Piece::SetNs(list, e) => {
+                    let name = if *list { "l" } else { "a" };
+                    out.push_str(&format!("{{% set ns.{name} = {} %}}", expression(e)));
+                }
             }
         }
         out
