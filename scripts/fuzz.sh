@@ -89,8 +89,11 @@ run_target() {
     # New inputs go to the first directory: an empty one, so the committed ones stay as they are.
     mkdir -p "$logs/new-$target"
     dirs+=("$logs/new-$target")
-    flags+=("-runs=0")
+    # A replay asserts no timings (libFuzzer's -timeout only catches a hang).
+    flags+=("-runs=0" "-timeout=300")
+    export FLOWGATE_FUZZ_UNTIMED=1
   else
+    flags+=("-timeout=10")
     mkdir -p "corpus/$target"
     dirs+=("corpus/$target")
     flags+=("-max_total_time=$seconds")
@@ -100,10 +103,10 @@ run_target() {
   [ -f "dicts/$target.dict" ] && flags+=("-dict=dicts/$target.dict")
   # A render that needs 256 MB at once is unbounded for a filter (it runs in a wasm VM).
   case "$target" in template|render) flags+=("-malloc_limit_mb=256") ;; esac
-  # -timeout: an input that takes 10 s is a hang worth a report, not a wait.
+  # -timeout: when fuzzing, an input that takes 10 s is a hang worth a report, not a wait.
   local rc=0
   cargo +nightly fuzz run "$target" "${dirs[@]}" -- \
-    -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${flags[@]}" >"$logs/$target.log" 2>&1 || rc=$?
+    -rss_limit_mb=2048 -print_final_stats=1 "${flags[@]}" >"$logs/$target.log" 2>&1 || rc=$?
   echo "$rc" >"$logs/$target.rc"
 }
 

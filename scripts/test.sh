@@ -30,9 +30,9 @@ step "docs/config.schema.json is fresh: cargo test -p flowgate --features schema
 cargo clippy --quiet -p flowgate --all-targets --features schema -- -D warnings
 cargo test -p flowgate --features schema --test schema
 
-step "unit tests (wasm32-unknown-unknown under Node): cargo test -p flowgate --target wasm32-unknown-unknown"
-CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-  cargo test -p flowgate --target wasm32-unknown-unknown
+step "unit tests (wasm32-wasip1, the shipped target, under Node's WASI): cargo test -p flowgate --target wasm32-wasip1"
+CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $root/scripts/wasi-run.mjs" \
+  cargo test -p flowgate --target wasm32-wasip1
 
 step "build the filter: cargo build --release --target wasm32-wasip1 -p flowgate"
 cargo build --quiet --release --target wasm32-wasip1 -p flowgate

@@ -8,6 +8,6 @@ import { argv, env, exit } from "node:process";
 const [file, ...args] = argv.slice(2);
 const wasi = new WASI({ version: "preview1", args: [file, ...args], env, preopens: { "/": "/" }, returnOnExit: true });
 const module = await WebAssembly.compile(await readFile(file));
-const instance = await WebAssembly.instantiate(module, wasi.getImportObject());
+const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1: wasi.wasiImport });
 // A failing test aborts the binary (wasm has no unwinding): the runner exits non-zero.
 exit(wasi.start(instance));

@@ -129,8 +129,6 @@ pub fn reply(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8]
 mod tests {
     use super::*;
     use crate::config::PluginConfig;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
     const SEED: &str = "{\"valid\": {% if res1.value == \"myResult\" %}\"{{ res1.value }}\"{% else %}false{% endif %}}";

@@ -107,8 +107,6 @@ pub fn parse_hex_digest(hex: &str) -> Option<TokenDigest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn one(value: &str) -> Credentials<'_> {
         parse(std::iter::once(value.as_bytes()))

@@ -79,8 +79,6 @@ fn form_decode(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn json(value: Value) -> serde_json::Value {
         serde_json::to_value(value).unwrap()

@@ -210,8 +210,6 @@ fn template_name(index: usize) -> String {
 mod tests {
     use super::*;
     use crate::schema::DEFAULT_MAX_BODY_BYTES;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 

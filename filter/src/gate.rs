@@ -221,8 +221,6 @@ pub fn is_own_header(name: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::config::PluginConfig;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const TOKEN: &str = "demo-token-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH";
     const ROTATED: &str = "rotated-token-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEF";

@@ -19,5 +19,7 @@ pub mod schema;
 pub mod stream;
 pub mod wire;
 
-#[cfg(target_os = "wasi")]
+// Unit tests run under wasm32-wasip1 too (scripts/wasi-run.mjs), as plain WASI programs
+// without the proxy-wasm host: the host layer is left out of them.
+#[cfg(all(target_os = "wasi", not(test)))]
 mod host;

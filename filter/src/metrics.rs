@@ -73,8 +73,6 @@ impl Gauge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn names_are_the_documented_ones_and_distinct() {

@@ -183,8 +183,6 @@ impl Write for CappedWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const SEED: &str = "{\"valid\": {% if res1.value == \"myResult\" %}\"{{ res1.value }}\"{% else %}false{% endif %}}";
 

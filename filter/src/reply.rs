@@ -243,8 +243,6 @@ fn to_json(envelope: &Envelope<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn body(reply: &Reply) -> serde_json::Value {
         serde_json::from_slice(&reply.body).unwrap()

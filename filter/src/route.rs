@@ -237,8 +237,6 @@ pub fn hex_value(digit: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const PREFIX: &str = "/v1/flow-webhook/";
 

@@ -73,7 +73,10 @@ fn check(source: &str, output: &serde_json::Value, request: &serde_json::Value) 
         let started = Instant::now();
         let result = reply(flow, 200, request, &executor_body);
         let took = started.elapsed();
-        assert!(took <= MAX_RENDER, "rendering took {took:?}: {source:?}");
+        // Open-ended runs time every render; the smoke replay in CI does not (no timing asserts).
+        if std::env::var_os("FLOWGATE_FUZZ_UNTIMED").is_none() {
+            assert!(took <= MAX_RENDER, "rendering took {took:?}: {source:?}");
+        }
         match result {
             Ok(reply) => assert_eq!(reply.status, 203),
             Err(Refusal::TemplateError { detail }) => {

@@ -102,8 +102,6 @@ impl Loading {
 mod tests {
     use super::*;
     use serde_json::Value;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn documents_must_hold_a_flow_list() {

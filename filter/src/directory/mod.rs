@@ -23,8 +23,6 @@ pub fn tick_ms(refresh_ms: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn ticks_are_a_tenth_of_the_interval_within_bounds() {

@@ -146,8 +146,6 @@ pub fn open(mut stored: Vec<u8>) -> Option<(Published, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn keys_are_scoped_to_the_configuration() {

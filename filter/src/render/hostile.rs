@@ -3,8 +3,6 @@
 
 use super::tests::{context, template};
 use super::*;
-#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-use wasm_bindgen_test::wasm_bindgen_test as test;
 
 fn render(source: &str, json: serde_json::Value) -> Result<String, String> {
     template(source)
@@ -12,19 +10,10 @@ fn render(source: &str, json: serde_json::Value) -> Result<String, String> {
         .map(|body| String::from_utf8(body).unwrap())
 }
 
-fn refused_quickly(source: &str) -> String {
-    // `Instant` is not available on wasm32-unknown-unknown; natively, a refusal takes
-    // milliseconds (10 s leaves room for a debug build on a busy machine; unbounded took minutes).
-    #[cfg(not(target_arch = "wasm32"))]
-    let started = std::time::Instant::now();
-    let problem = render(source, serde_json::json!({"web1": {"company_id": 1}})).unwrap_err();
-    #[cfg(not(target_arch = "wasm32"))]
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "{source}: {:?}",
-        started.elapsed()
-    );
-    problem
+/// The refusal of a hostile render. How fast it comes is measured by the `template` fuzz
+/// target (`scripts/fuzz.sh`), not asserted here: unit tests assert no timings.
+fn refused(source: &str) -> String {
+    render(source, serde_json::json!({"web1": {"company_id": 1}})).unwrap_err()
 }
 
 fn refused_at_load(source: &str) -> String {
@@ -44,7 +33,7 @@ fn one_operator_cannot_build_gigabytes() {
         "{{ [1] + [2] * 100001 }}",
         "{{ [[1] * 100000] * 100000 }}",
     ] {
-        let problem = refused_quickly(source);
+        let problem = refused(source);
         assert!(
             problem.contains("1 MiB") || problem.contains("budget"),
             "{source}: {problem}"
@@ -55,12 +44,9 @@ fn one_operator_cannot_build_gigabytes() {
 /// Found by the `template` fuzz target: nothing to allocate, but a loop as long as the number.
 #[test]
 fn an_empty_list_repeats_at_once() {
-    #[cfg(not(target_arch = "wasm32"))]
-    let started = std::time::Instant::now();
-    let empty = render("{{ [] * 1000000000000000000 }}", serde_json::json!({}));
+    // Within a 32-bit count, so the shipped wasm32 build takes it as a number too.
+    let empty = render("{{ [] * 4000000000 }}", serde_json::json!({}));
     assert_eq!(empty, Ok("[]".to_string()));
-    #[cfg(not(target_arch = "wasm32"))]
-    assert!(started.elapsed() < std::time::Duration::from_secs(1));
 }
 
 /// Found by the `template` fuzz target: minijinja's `format` panicked on a `%(key)` with a
@@ -91,26 +77,26 @@ fn filter_arguments_are_capped() {
         "{{ range(1000000000) | list }}",
         "{{ ('x' * 1000000) | list }}",
     ] {
-        refused_quickly(source);
+        refused(source);
     }
 }
 
 #[test]
 fn doubling_in_a_loop_is_stopped() {
-    let problem = refused_quickly(
+    let problem = refused(
         "{% set ns = namespace(a='x') %}{% for i in range(60) %}{% set ns.a = ns.a ~ ns.a %}{% endfor %}{{ ns.a | length }}",
     );
     assert!(problem.contains("1 MiB"), "{problem}");
-    refused_quickly("{% set ns = namespace(a=[1]) %}{% for i in range(60) %}{% set ns.a = ns.a + ns.a %}{% endfor %}");
+    refused("{% set ns = namespace(a=[1]) %}{% for i in range(60) %}{% set ns.a = ns.a + ns.a %}{% endfor %}");
 }
 
 #[test]
 fn kept_values_are_charged() {
     // Each slice is a new 1 MB string kept in a list: 5,000 of them would be 5 GB.
-    refused_quickly(
+    refused(
         "{% set s = 'x' * 1000000 %}{% set ns = namespace(l=[]) %}{% for i in range(5000) %}{% set ns.l = ns.l + [s[1:]] %}{% endfor %}",
     );
-    let problem = refused_quickly(
+    let problem = refused(
         "{% set ns = namespace(l=[]) %}{% for i in range(5000) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l }}",
     );
     assert!(problem.contains("deeply"), "{problem}");
@@ -124,7 +110,7 @@ fn comparing_large_values_is_charged() {
         "{% set l = ['x' * 1000000] * 1000 %}{% for i in range(20000) %}{% if 'y' in l %}{% endif %}{% endfor %}",
         "{% set s = 'x' * 1000000 %}{% for i in range(20000) %}{{ s[999999] }}{% endfor %}",
     ] {
-        let problem = refused_quickly(source);
+        let problem = refused(source);
         assert!(problem.contains("budget"), "{source}: {problem}");
     }
 }

@@ -4,8 +4,6 @@
 use super::*;
 use crate::auth;
 use crate::config::PluginConfig;
-#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-use wasm_bindgen_test::wasm_bindgen_test as test;
 
 const TOKEN: &str = "stream-token-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH";
 /// `f-small`'s `max_body_bytes`.

@@ -8,8 +8,6 @@ use super::*;
 use crate::directory::shared::{self, Key, Published};
 use crate::directory::{index, ENTRIES_PER_STEP};
 use crate::schema::FlowStatus;
-#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-use wasm_bindgen_test::wasm_bindgen_test as test;
 
 const REFRESH: u64 = 1000;
 const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
