@@ -178,7 +178,7 @@ impl Demo {
             .collect()
     }
 
-    /// flowgate's plugin configuration (CONTRACT section 2) with `count` flows.
+    /// flowgate's plugin configuration (contract 2) with `count` flows.
     pub fn plugin_config(&self, count: usize) -> String {
         let flows: Vec<Value> = self.flows(count).into_iter().map(|(flow, _)| flow).collect();
         json!({

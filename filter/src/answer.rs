@@ -61,7 +61,7 @@ pub fn plan(flow: &Flow, head: AnswerHead) -> AnswerPlan {
     }
     if flow.mode == Mode::Async && matches!(head.status, 429 | 503) {
         // The executor says it cannot queue the run now: nothing was accepted, so the
-        // sender is told to retry (CONTRACT 3.2).
+        // sender is told to retry (contract 3.2).
         return AnswerPlan::Refuse(Refusal::ExecutorUnavailable);
     }
     if !(200..300).contains(&head.status) {
@@ -103,7 +103,7 @@ pub fn reply(flow: &Flow, status: u16, request_body: Value, executor_body: &[u8]
                     detail: "flow executor output is not a JSON object",
                 });
             };
-            // The request body wins over a step output of the same name (CONTRACT 3.1):
+            // The request body wins over a step output of the same name (contract 3.1):
             // `merge_maps` lets a later map's key shadow an earlier one's.
             merge_maps([output, Value::from_iter([(flow.ref_id.as_str(), request_body)])])
         }

@@ -1,4 +1,4 @@
-//! The plugin configuration (CONTRACT section 2): its JSON read against the schema
+//! The plugin configuration (contract 2): its JSON read against the schema
 //! (`crate::schema`), with defaults applied and its static flows built (`crate::flows`).
 
 use crate::flows::{Flows, FlowsBuilder};
@@ -6,7 +6,7 @@ use crate::schema::{
     self, ConfigError, DEFAULT_DIRECTORY_PATH, DEFAULT_MAX_BODY_BYTES, DEFAULT_PREFIX, DEFAULT_REFRESH_MS,
 };
 
-/// Where a live flow directory is fetched from (CONTRACT section 4).
+/// Where a live flow directory is fetched from (contract 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directory {
     pub cluster: String,

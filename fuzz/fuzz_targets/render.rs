@@ -152,7 +152,7 @@ fn check_plan(flow: &Flow, input: &Input<'_>) {
         AnswerPlan::Refuse(reply) => {
             assert!(!(200..300).contains(&input.status), "2xx replaced by {reply:?}");
             // An async executor that cannot queue the run (429/503) asks the sender to retry
-            // (CONTRACT 3.2); any other non-2xx is an executor error.
+            // (contract 3.2); any other non-2xx is an executor error.
             let cannot_queue = flow.mode == Mode::Async && matches!(input.status, 429 | 503);
             assert_eq!(reply.status(), if cannot_queue { 503 } else { 502 }, "{reply:?}");
         }

@@ -1,5 +1,5 @@
 //! Load through Envoy + flowgate with `wrk` (`tests/load/mixed.lua`), and judging every answer it
-//! got against the contract (CONTRACT section 1). Used by `tests/tests/faults_under_load.rs` and
+//! got against the contract (contract 1). Used by `tests/tests/faults_under_load.rs` and
 //! the soak (`src/bin/soak.rs`, `scripts/soak.sh`).
 //!
 //! The Lua script counts responses per *signature* (kind, status, content-type, retry-after,
@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::{demo_token, repo_root, Response, Stats, TempDir};
 pub use crate::{proc_status_kib, process_alive, server_info, ServerInfo};
 
-/// The paused reply of the seed, byte for byte (CONTRACT section 1).
+/// The paused reply of the seed, byte for byte (contract 1).
 pub const PAUSED_BODY: &str = r#"{"status":200,"error":"biz_logic","message":"Flow status is `paused`. Unpause to run this flow using a webhook","data":null}"#;
 /// The request body every webhook kind sends (company 123456: the seed template renders "myResult").
 pub const WEBHOOK_BODY: &str = r#"{"company_id": 123456, "user_id": 789123}"#;
@@ -409,7 +409,7 @@ pub fn envelope_of(a: &Answer) -> Result<(Option<String>, Value), String> {
     Ok((error, object["data"].clone()))
 }
 
-/// A reply flowgate makes when the executor fails (CONTRACT section 1): 502 `executor_error`
+/// A reply flowgate makes when the executor fails (contract 1): 502 `executor_error`
 /// with `data.upstream_status`, 503 `executor_unavailable` with `Retry-After` (positive seconds),
 /// 504 `executor_timeout`. Returns a label such as `503 executor_unavailable`.
 pub fn executor_fault(a: &Answer) -> Result<String, String> {

@@ -1,4 +1,4 @@
-//! Every way a request can arrive (CONTRACT 6): trailers in both directions, bodies that
+//! Every way a request can arrive (contract 6): trailers in both directions, bodies that
 //! never come, `Expect: 100-continue`, answers larger than Envoy's buffer, and header names
 //! spelled with underscores. Nothing refused may reach the executor, whichever way it ends.
 

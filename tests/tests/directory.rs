@@ -1,4 +1,4 @@
-//! The live flow directory, end to end (CONTRACT section 4, docs/operations.md "The live flow
+//! The live flow directory, end to end (contract 4, docs/operations.md "The live flow
 //! directory" and "Metrics"): each test runs its own reference executor and Envoy with two workers
 //! (two wasm VMs plus the main thread's), the filter configured with a `directory`, and drives the
 //! directory while it sends real webhooks.
@@ -465,7 +465,7 @@ fn serve_connection(stream: TcpStream, answer: &Mutex<Answer>, fetches: &Mutex<V
 // First load
 // ---------------------------------------------------------------------------------------------
 
-/// CONTRACT 1 and 4: with a directory and no static flows, webhooks get 503 `directory_unavailable`
+/// contract 1 and 4: with a directory and no static flows, webhooks get 503 `directory_unavailable`
 /// with `Retry-After` until the directory has been loaded once; then its flows work.
 #[test]
 fn flows_appear_after_the_first_fetch() {
@@ -543,7 +543,7 @@ fn flows_appear_after_the_first_fetch() {
     );
 }
 
-/// CONTRACT 4: static `flows` apply until the first successful load; then the directory's set
+/// contract 4: static `flows` apply until the first successful load; then the directory's set
 /// replaces them (it is not merged with them).
 #[test]
 fn static_flows_apply_until_the_first_load_then_the_directory_replaces_them() {
@@ -608,7 +608,7 @@ fn static_flows_apply_until_the_first_load_then_the_directory_replaces_them() {
 // Changes in the directory
 // ---------------------------------------------------------------------------------------------
 
-/// CONTRACT 4: pausing a flow in the directory stops it at the edge, on every worker, within
+/// contract 4: pausing a flow in the directory stops it at the edge, on every worker, within
 /// `refresh_ms` (asserted with a 1 s margin); unpausing restores it just as fast.
 #[test]
 fn pausing_in_the_directory_stops_the_flow_on_every_worker_within_refresh_ms() {
@@ -688,7 +688,7 @@ fn pausing_in_the_directory_stops_the_flow_on_every_worker_within_refresh_ms() {
     );
 }
 
-/// CONTRACT 2 and 4: a new `token_sha256` in the directory takes effect: during the overlap both
+/// contract 2 and 4: a new `token_sha256` in the directory takes effect: during the overlap both
 /// tokens work, after it the old one is refused (401 invalid_token) and the new one admitted.
 #[test]
 fn rotating_a_token_in_the_directory_takes_effect() {
@@ -749,7 +749,7 @@ fn rotating_a_token_in_the_directory_takes_effect() {
     );
 }
 
-/// CONTRACT 4: a failed fetch (500), an answer that is not JSON, and JSON that is not a flow list
+/// contract 4: a failed fetch (500), an answer that is not JSON, and JSON that is not a flow list
 /// all keep the last good set, and each counts `directory.fetch_failed`. Failed fetches back off,
 /// so the unchanged directory (a 304) is served between two bad answers to reset the interval.
 #[test]
@@ -869,7 +869,7 @@ fn a_failing_or_garbage_directory_keeps_the_last_good_set() {
     wait_for_stat(&envoy, &stat("directory.flows_loaded"), 4);
 }
 
-/// CONTRACT 4: an entry that fails validation is skipped and logged; its last valid version stays
+/// contract 4: an entry that fails validation is skipped and logged; its last valid version stays
 /// in force (also through later generations) while the other entries apply; an invalid entry with
 /// no earlier version is simply absent; `directory.entries_rejected` counts them.
 #[test]

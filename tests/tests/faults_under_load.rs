@@ -1,4 +1,4 @@
-//! Executor faults under load (CONTRACT sections 1 and 3): while wrk drives mixed traffic through
+//! Executor faults under load (contract 1 and 3): while wrk drives mixed traffic through
 //! Envoy (2 workers) and the filter -- templated sync webhooks, 401s, a paused flow, requests
 //! outside the webhook prefix -- and a Rust loop sends async webhooks and keeps every run id it is
 //! given, the executor is SIGKILLed, restarted, made slow beyond the route timeout, made to answer
@@ -342,7 +342,7 @@ fn judge_async_answers(run: &LoadRun, verdict: &mut Verdict) -> (Vec<(u64, Strin
                 acknowledged.push((s.company_id, run_id));
                 Ok("200 run scheduled".to_string())
             }
-            // An executor 2xx without a JSON object is still an acceptance (CONTRACT 3.2), but
+            // An executor 2xx without a JSON object is still an acceptance (contract 3.2), but
             // only the garbage fault answers that way.
             Ok(None) if overlaps(s, &garbage) => {
                 acknowledged_without_run += 1;

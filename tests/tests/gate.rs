@@ -1,4 +1,4 @@
-//! The edge gate, end to end (CONTRACT section 1): each test runs its own reference executor and
+//! The edge gate, end to end (contract 1): each test runs its own reference executor and
 //! Envoy (2 workers) with the flowgate filter and the demo flows of `examples/flows.json`, sends
 //! real requests, and checks what the sender got and what the executor received.
 
@@ -112,7 +112,7 @@ fn non_canonical_spellings_of_a_webhook_path_are_refused() {
     stack.executor.assert_received_nothing("non-canonical webhook paths");
 }
 
-/// CONTRACT: a path that only normalises into the prefix is gated like the canonical one or
+/// The contract (docs/contract.md): a path that only normalises into the prefix is gated like the canonical one or
 /// refused, never passed through. Sent without a token, so "gated" means 401 here.
 #[test]
 fn other_spellings_never_reach_the_executor_ungated() {
@@ -703,7 +703,7 @@ fn refusals_keep_the_connection_alive() {
     let token = bearer("f-1001");
     let f1002 = bearer("f-1002");
     // (method, path, authorization, body, expected status). A 413 decided from Content-Length
-    // is answered without waiting for the body (CONTRACT 6), so its connection closes.
+    // is answered without waiting for the body (contract 6), so its connection closes.
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], u16);
     let refusals: [Case; 4] = [
         ("POST", "/v1/flow-webhook/f-1001", None, BODY, 401),

@@ -1,4 +1,4 @@
-//! Sync and async flow runs, end to end (CONTRACT sections 1, 3.1 and 3.2): each test runs its own
+//! Sync and async flow runs, end to end (contract 1, 3.1 and 3.2): each test runs its own
 //! reference executor and Envoy (2 workers) with the flowgate filter, on the demo flows of
 //! `examples/flows.json` plus a few test flows (below), and checks what the sender gets: rendered
 //! responses, passed-through answers, the async acknowledgement, executor faults as envelopes, and

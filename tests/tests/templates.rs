@@ -61,7 +61,11 @@ fn hostile_templates_fail_fast_and_the_vm_lives_on() {
         );
     }
     let stats = stack.envoy.stats();
-    for name in ["wasm.flowgate.vm_reload", "wasm.flowgate.vm_reload_success", "wasm.flowgate.vm_reload_failure"] {
+    for name in [
+        "wasm.flowgate.vm_reload",
+        "wasm.flowgate.vm_reload_success",
+        "wasm.flowgate.vm_reload_failure",
+    ] {
         assert_eq!(stats.value(name), 0, "a VM was rebuilt: {name}");
     }
 }

@@ -1,6 +1,6 @@
 //! Flow definitions and step evaluation.
 //!
-//! A flow is the JSON object an operator would put in the plugin configuration (CONTRACT section 2)
+//! A flow is the JSON object an operator would put in the plugin configuration (contract 2)
 //! plus two executor-only fields:
 //!
 //! - `steps`: `[{"ref_id": "res1", "values": {"value": "<minijinja expression>"}}, ...]`

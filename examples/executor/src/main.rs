@@ -1,6 +1,6 @@
 //! `flowgate-executor`: the reference flow executor behind flowgate.
 //!
-//! A small real flow runner: it receives the webhooks the filter admits (CONTRACT section 3), runs
+//! A small real flow runner: it receives the webhooks the filter admits (contract 3), runs
 //! sync flows at once and queues async ones durably in SQLite, serves the live flow directory
 //! (section 4), and exposes `/_executor/*` endpoints for demos and end-to-end tests.
 //!

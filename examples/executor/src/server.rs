@@ -1,4 +1,4 @@
-//! HTTP handling: webhooks (CONTRACT section 3), the flow directory (section 4) and the
+//! HTTP handling: webhooks (contract 3), the flow directory (section 4) and the
 //! `/_executor/*` control endpoints that demos and end-to-end tests use to inspect and steer the
 //! executor (received requests, runs, faults, flow changes).
 

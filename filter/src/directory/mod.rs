@@ -1,4 +1,4 @@
-//! The live flow directory (CONTRACT section 4), minus the I/O.
+//! The live flow directory (contract 4), minus the I/O.
 //!
 //! Envoy runs one VM per worker. One of them fetches per interval (whoever wins the lease,
 //! a compare-and-swap on shared data); it checks and indexes the document once and

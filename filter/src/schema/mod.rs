@@ -1,4 +1,4 @@
-//! What an operator writes (CONTRACT sections 2 and 4): the plugin configuration, its flows,
+//! What an operator writes (contract 2 and 4): the plugin configuration, its flows,
 //! their responses and the directory, as serde types that refuse unknown fields and check
 //! every value as it is read ([`values`]).
 //!
@@ -53,7 +53,7 @@ pub struct PluginEntry<'a> {
     #[serde(borrow)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<Vec<FlowEntry>>"))]
     pub flows: Option<Vec<&'a RawValue>>,
-    /// A live flow directory (CONTRACT section 4).
+    /// A live flow directory (contract 4).
     pub directory: Option<DirectoryEntry>,
 }
 
