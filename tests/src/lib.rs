@@ -156,6 +156,16 @@ pub fn recorded_body(request: &Value) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("body_b64 of a recorded request is not base64 ({e}): {request}"))
 }
 
+/// Every document of a YAML file (Istio manifests, Envoy bootstraps), as JSON values.
+pub fn yaml_documents(path: &std::path::Path) -> Vec<Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

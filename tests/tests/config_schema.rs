@@ -3,10 +3,8 @@
 //! accepts every plugin configuration we ship, and refuses what flowgate refuses.
 
 use std::fs;
-use std::path::Path;
 
 use flowgate_e2e::*;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 fn validator() -> jsonschema::Validator {
@@ -21,14 +19,6 @@ fn schema_errors(validator: &jsonschema::Validator, config: &Value) -> Vec<Strin
     validator
         .iter_errors(config)
         .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect()
-}
-
-fn yaml_documents(path: &Path) -> Vec<Value> {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .filter(|doc| !doc.is_null())
         .collect()
 }
 

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde::Deserialize;
+use flowgate_e2e::yaml_documents;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -30,14 +30,6 @@ fn repo_root() -> PathBuf {
 
 fn istio_dir() -> PathBuf {
     repo_root().join("examples/istio")
-}
-
-fn yaml_documents(path: &Path) -> Vec<Value> {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .filter(|doc| !doc.is_null())
-        .collect()
 }
 
 /// Every document of every manifest directly in examples/istio, with its file name.
