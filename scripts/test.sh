@@ -56,7 +56,7 @@ for config in "${configs[@]}"; do
   fi
 done
 
-step "fuzz smoke: scripts/fuzz.sh --smoke (every target ~10 s; longer runs: scripts/fuzz.sh)"
+step "fuzz smoke: scripts/fuzz.sh --smoke (replays the committed seeds and regressions once; open-ended runs: scripts/fuzz.sh)"
 scripts/fuzz.sh --smoke
 
 step "end-to-end tests: cargo test -p flowgate-e2e -- --test-threads 2"
