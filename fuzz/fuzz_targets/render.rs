@@ -77,7 +77,7 @@ fn flows_json() -> Value {
         .enumerate()
         .map(|(i, body)| {
             json!({"id": format!("t{i}"), "ref_id": "web1", "status": "live", "token_sha256": [digest],
-                   "response": {"status": 200 + i, "body": body}})
+                   "response": {"status": 210 + i, "body": body}})
         })
         .collect();
     flows.push(json!({"id": "plain", "ref_id": "web1", "status": "live", "token_sha256": [digest]}));
