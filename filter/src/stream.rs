@@ -35,6 +35,14 @@ pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Envoy keeps the sender's HTTP/1.1 connection open. Longer bodies close the connection.
 pub const DRAIN_BYTES: u64 = 64 * 1024;
 
+/// Where a held answer ended: its body's end is the one place it can be replaced in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Head,
+    Body,
+    Trailers,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Request,
@@ -226,15 +234,16 @@ impl Stream {
                 if announced.is_some_and(|length| length > MAX_ANSWER_BYTES) {
                     return self.too_large(host, &admission, request_body, status);
                 }
+                if end_of_stream {
+                    // No body to replace: the reply goes as a local reply.
+                    return self.finish_answer(host, &admission, request_body, status, 0, Ending::Head);
+                }
                 self.phase = Phase::HoldingAnswer {
                     admission,
                     request_body,
                     status,
                     received: 0,
                 };
-                if end_of_stream {
-                    return self.on_response_body(host, 0, true);
-                }
                 Action::Pause
             }
         }
@@ -253,7 +262,7 @@ impl Stream {
                 request_body,
                 status,
                 ..
-            } if end_of_stream => self.finish_answer(host, &admission, request_body, status, size),
+            } if end_of_stream => self.finish_answer(host, &admission, request_body, status, size, Ending::Body),
             Phase::HoldingAnswer {
                 admission,
                 request_body,
@@ -280,7 +289,7 @@ impl Stream {
                 request_body,
                 status,
                 received,
-            } => self.finish_answer(host, &admission, request_body, status, received),
+            } => self.finish_answer(host, &admission, request_body, status, received, Ending::Trailers),
             phase => self.keep(phase, Direction::Response),
         }
     }
@@ -332,15 +341,20 @@ impl Stream {
         request_body: Value,
         status: u16,
         size: usize,
+        ending: Ending,
     ) -> Action {
         let output = host.response_body(size);
-        match answer::reply(&admission.flow, status, request_body, &output) {
-            Ok(reply) => {
-                host.count(Counter::Rendered);
-                self.send(host, &reply)
-            }
-            Err(fault) => self.refuse(host, fault),
+        let reply = match answer::reply(&admission.flow, status, request_body, &output) {
+            Ok(reply) => reply,
+            Err(fault) => return self.refuse(host, fault),
+        };
+        host.count(Counter::Rendered);
+        // In place, the reply skips a local reply's second pass through the filter chain.
+        if ending == Ending::Body && host.replace_answer(&reply, size) {
+            self.phase = Phase::Replied;
+            return Action::Continue;
         }
+        self.send(host, &reply)
     }
 
     /// An answer too large to hold: a sync flow's output is lost (502); an async run

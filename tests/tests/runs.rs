@@ -170,6 +170,25 @@ fn assert_rendered(response: &Response, status: u16, content_type: &str, body: &
     );
     assert_eq!(response.header("content-type"), Some(content_type), "content-type");
     assert_eq!(response.text(), body);
+    assert_own_head(response);
+}
+
+/// A reply flowgate made from the executor's answer carries its own head only: none of the
+/// executor's headers or the router's (`x-envoy-upstream-service-time`), and a length that is
+/// the reply's. Envoy adds `date` and `server` to every response.
+fn assert_own_head(response: &Response) {
+    for (name, _) in &response.headers {
+        assert!(
+            ["content-type", "content-length", "date", "server", "connection"].contains(&name.as_str()),
+            "the reply carries {name}: {:?}",
+            response.headers
+        );
+    }
+    assert_eq!(
+        response.header("content-length"),
+        Some(response.body.len().to_string().as_str()),
+        "content-length"
+    );
 }
 
 /// The default async acknowledgement, byte for byte; returns the run id.
@@ -187,6 +206,7 @@ fn assert_scheduled(response: &Response) -> String {
         response.text(),
         format!(r#"{{"status":200,"error":null,"message":"Flow run scheduled","data":{{"run_id":"{run_id}"}}}}"#)
     );
+    assert_own_head(response);
     run_id
 }
 

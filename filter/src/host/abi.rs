@@ -1,39 +1,77 @@
-//! The proxy-wasm host calls flowgate makes, declared here rather than taken from the
-//! SDK's `hostcalls`, which panic on any status they do not expect (a panic traps the
-//! VM): a directory answer over Envoy's `http.async_response_buffer_limit` ends without
+//! The proxy-wasm host calls flowgate makes (ABI 0.2.1), declared here rather than taken
+//! from the SDK's `hostcalls`, which panic on any status they do not expect (a panic traps
+//! the VM): a directory answer over Envoy's `http.async_response_buffer_limit` ends without
 //! response headers, and reading `:status` then fails. Here every failure is a value;
-//! statuses are read as plain integers. The SDK's `dispatch_http_call` stays in use: its
-//! dispatcher must register the token to deliver the answer, and it handles every status
-//! Envoy's `proxy_http_call` returns for valid pointers.
+//! statuses are read as plain integers.
 
 use std::ptr::{null, null_mut};
-
-use proxy_wasm::types::{BufferType, MapType, MetricType};
 
 use crate::wire;
 
 const OK: u32 = 0;
 
+/// The header maps flowgate reads or writes.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum Map {
+    RequestHeaders = 0,
+    RequestTrailers = 1,
+    ResponseHeaders = 2,
+    CallResponseHeaders = 6,
+}
+
+/// The buffers flowgate reads or writes.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum Buffer {
+    RequestBody = 0,
+    ResponseBody = 1,
+    CallResponseBody = 4,
+    PluginConfiguration = 7,
+}
+
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum MetricKind {
+    Counter = 0,
+    Gauge = 1,
+}
+
 #[link(wasm_import_module = "env")]
 extern "C" {
-    fn proxy_get_header_map_pairs(map: MapType, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_get_header_map_pairs(map: Map, data: *mut *mut u8, size: *mut usize) -> u32;
     fn proxy_get_header_map_value(
-        map: MapType,
+        map: Map,
         key: *const u8,
         key_size: usize,
         data: *mut *mut u8,
         size: *mut usize,
     ) -> u32;
     fn proxy_replace_header_map_value(
-        map: MapType,
+        map: Map,
         key: *const u8,
         key_size: usize,
         value: *const u8,
         value_size: usize,
     ) -> u32;
-    fn proxy_remove_header_map_value(map: MapType, key: *const u8, key_size: usize) -> u32;
+    fn proxy_remove_header_map_value(map: Map, key: *const u8, key_size: usize) -> u32;
+    fn proxy_set_header_map_pairs(map: Map, data: *const u8, size: usize) -> u32;
+    fn proxy_set_buffer_bytes(buffer: Buffer, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        token: *mut u32,
+    ) -> u32;
     fn proxy_get_buffer_bytes(
-        buffer: BufferType,
+        buffer: Buffer,
         start: usize,
         max_size: usize,
         data: *mut *mut u8,
@@ -61,7 +99,7 @@ extern "C" {
     fn proxy_set_shared_data(key: *const u8, key_size: usize, value: *const u8, value_size: usize, cas: u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
-    fn proxy_define_metric(kind: MetricType, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_define_metric(kind: MetricKind, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
 }
@@ -78,7 +116,7 @@ fn returned(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
 }
 
 /// The serialized header map (decode with `wire::decode_header_map`); `None` on failure.
-pub fn header_map(map: MapType) -> Option<Vec<u8>> {
+pub fn header_map(map: Map) -> Option<Vec<u8>> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: the host writes a pointer and a length into the two out-parameters.
     let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
@@ -86,7 +124,7 @@ pub fn header_map(map: MapType) -> Option<Vec<u8>> {
 }
 
 /// One header's value; `None` when absent or unreadable.
-pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
+pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: as in `header_map`; `name` outlives the call.
     let status = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
@@ -94,7 +132,7 @@ pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
 }
 
 /// Sets (`Some`) or removes (`None`) a header; a failure is logged, never a trap.
-pub fn set_header(map: MapType, name: &str, value: Option<&str>) {
+pub fn set_header(map: Map, name: &str, value: Option<&str>) {
     // SAFETY: the host reads `name` and `value` during the call only.
     let status = unsafe {
         match value {
@@ -107,8 +145,43 @@ pub fn set_header(map: MapType, name: &str, value: Option<&str>) {
     }
 }
 
+/// Replaces a whole header map (`:status` included) in one call.
+pub fn set_header_map(map: Map, headers: &[(&str, &str)]) -> bool {
+    let pairs = wire::encode_header_map(headers);
+    // SAFETY: the host reads `pairs` during the call only.
+    unsafe { proxy_set_header_map_pairs(map, pairs.as_ptr(), pairs.len()) == OK }
+}
+
+/// Replaces the first `size` bytes of a buffer (all Envoy holds of it) with `value`.
+pub fn set_buffer(kind: Buffer, size: usize, value: &[u8]) -> bool {
+    // SAFETY: the host copies `value` during the call.
+    unsafe { proxy_set_buffer_bytes(kind, 0, size, value.as_ptr(), value.len()) == OK }
+}
+
+/// Starts an HTTP call to `cluster`; its token, or `None` when Envoy refused it.
+pub fn http_call(cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Option<u32> {
+    let headers = wire::encode_header_map(headers);
+    let mut token = 0;
+    // SAFETY: the host copies every buffer during the call and writes one integer.
+    let status = unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            null(),
+            0,
+            null(),
+            0,
+            u32::try_from(timeout_ms).unwrap_or(u32::MAX),
+            &mut token,
+        )
+    };
+    (status == OK).then_some(token)
+}
+
 /// The first `size` bytes of a buffer; empty when there are none or on failure.
-pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
+pub fn buffer(kind: Buffer, size: usize) -> Vec<u8> {
     let (mut data, mut size_out) = (null_mut(), 0);
     // SAFETY: as in `header_map`.
     let status = unsafe { proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut size_out) };
@@ -179,7 +252,7 @@ pub fn now_ms() -> u64 {
     }
 }
 
-pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+pub fn define_metric(kind: MetricKind, name: &str) -> Option<u32> {
     let mut id = 0;
     // SAFETY: the name and pointer are valid for the call.
     let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };

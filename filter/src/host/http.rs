@@ -1,29 +1,17 @@
-//! The HTTP context: translates proxy-wasm callbacks into events of the core's
+//! A stream's host side: translates proxy-wasm callbacks into events of the core's
 //! [`Stream`] and its host calls into proxy-wasm calls. No decisions are made here.
 
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
-
-use super::abi;
+use super::abi::{self, Buffer, Map};
 use super::root::Vm;
 use crate::metrics::Counter;
 use crate::reply::Reply;
-use crate::stream::{self, Host, Site, Stream};
+use crate::stream::{Action, Host, Site, Stream};
 
 pub struct Http {
     vm: Rc<Vm>,
     stream: Stream,
-}
-
-impl Http {
-    pub fn new(vm: Rc<Vm>) -> Self {
-        Http {
-            vm,
-            stream: Stream::default(),
-        }
-    }
 }
 
 /// The proxy-wasm side of a stream's host calls.
@@ -31,27 +19,27 @@ struct Calls<'a>(&'a Vm);
 
 impl Host for Calls<'_> {
     fn request_headers(&mut self) -> Option<Vec<u8>> {
-        abi::header_map(MapType::HttpRequestHeaders)
+        abi::header_map(Map::RequestHeaders)
     }
 
     fn request_trailers(&mut self) -> Option<Vec<u8>> {
-        abi::header_map(MapType::HttpRequestTrailers)
+        abi::header_map(Map::RequestTrailers)
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-        abi::set_header(MapType::HttpRequestHeaders, name, value);
+        abi::set_header(Map::RequestHeaders, name, value);
     }
 
     fn remove_request_trailer(&mut self, name: &str) {
-        abi::set_header(MapType::HttpRequestTrailers, name, None);
+        abi::set_header(Map::RequestTrailers, name, None);
     }
 
     fn request_body(&mut self, size: usize) -> Vec<u8> {
-        abi::buffer(BufferType::HttpRequestBody, size)
+        abi::buffer(Buffer::RequestBody, size)
     }
 
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        abi::header(MapType::HttpResponseHeaders, name)
+        abi::header(Map::ResponseHeaders, name)
     }
 
     fn code_details(&mut self) -> Vec<u8> {
@@ -59,7 +47,14 @@ impl Host for Calls<'_> {
     }
 
     fn response_body(&mut self, size: usize) -> Vec<u8> {
-        abi::buffer(BufferType::HttpResponseBody, size)
+        abi::buffer(Buffer::ResponseBody, size)
+    }
+
+    fn replace_answer(&mut self, reply: &Reply, size: usize) -> bool {
+        let (status, length) = (reply.status.to_string(), reply.body.len().to_string());
+        let mut headers = vec![(":status", status.as_str()), ("content-length", length.as_str())];
+        headers.extend(reply.headers.iter().map(|(name, value)| (*name, value.as_str())));
+        abi::set_header_map(Map::ResponseHeaders, &headers) && abi::set_buffer(Buffer::ResponseBody, size, &reply.body)
     }
 
     fn send(&mut self, reply: &Reply) {
@@ -79,17 +74,15 @@ impl Host for Calls<'_> {
     }
 }
 
-fn action(action: stream::Action) -> Action {
-    match action {
-        stream::Action::Continue => Action::Continue,
-        stream::Action::Pause => Action::Pause,
+impl Http {
+    pub fn new(vm: Rc<Vm>) -> Self {
+        Http {
+            vm,
+            stream: Stream::default(),
+        }
     }
-}
 
-impl Context for Http {}
-
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+    pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let vm = &*self.vm;
         let flows = vm.flows.borrow();
         let site = Site {
@@ -97,26 +90,26 @@ impl HttpContext for Http {
             flows: flows.as_deref(),
             max_body_bytes: vm.max_body_bytes,
         };
-        action(self.stream.on_request_headers(&mut Calls(vm), site, end_of_stream))
+        self.stream.on_request_headers(&mut Calls(vm), site, end_of_stream)
     }
 
-    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        action(self.stream.on_request_body(&mut Calls(&self.vm), size, end_of_stream))
+    pub fn on_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.stream.on_request_body(&mut Calls(&self.vm), size, end_of_stream)
     }
 
-    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
-        action(self.stream.on_request_trailers(&mut Calls(&self.vm)))
+    pub fn on_request_trailers(&mut self) -> Action {
+        self.stream.on_request_trailers(&mut Calls(&self.vm))
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        action(self.stream.on_response_headers(&mut Calls(&self.vm), end_of_stream))
+    pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
+        self.stream.on_response_headers(&mut Calls(&self.vm), end_of_stream)
     }
 
-    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        action(self.stream.on_response_body(&mut Calls(&self.vm), size, end_of_stream))
+    pub fn on_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.stream.on_response_body(&mut Calls(&self.vm), size, end_of_stream)
     }
 
-    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
-        action(self.stream.on_response_trailers(&mut Calls(&self.vm)))
+    pub fn on_response_trailers(&mut self) -> Action {
+        self.stream.on_response_trailers(&mut Calls(&self.vm))
     }
 }

@@ -2,11 +2,9 @@
 //! logger unwraps the host's status (a panic would trap the VM). Envoy's level is followed,
 //! so lines Envoy would drop are not even formatted.
 
-use proxy_wasm::types::LogLevel;
-
 #[link(wasm_import_module = "env")]
 extern "C" {
-    fn proxy_log(level: LogLevel, message: *const u8, size: usize) -> u32;
+    fn proxy_log(level: u32, message: *const u8, size: usize) -> u32;
     fn proxy_get_log_level(level: *mut u32) -> u32;
 }
 
@@ -23,12 +21,13 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        // proxy-wasm's levels: trace 0, debug 1, info 2, warn 3, error 4.
         let level = match record.level() {
-            log::Level::Trace => LogLevel::Trace,
-            log::Level::Debug => LogLevel::Debug,
-            log::Level::Info => LogLevel::Info,
-            log::Level::Warn => LogLevel::Warn,
-            log::Level::Error => LogLevel::Error,
+            log::Level::Trace => 0,
+            log::Level::Debug => 1,
+            log::Level::Info => 2,
+            log::Level::Warn => 3,
+            log::Level::Error => 4,
         };
         let message = record.args().to_string();
         // SAFETY: the host reads `message` during the call; a failed log line is dropped.

@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use proxy_wasm::types::MetricType;
-
-use super::abi;
+use super::abi::{self, MetricKind};
 use crate::metrics::{Counter, Gauge};
 
 /// Envoy's metric ids, by metric.
@@ -19,11 +17,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn define() -> Self {
         let counters = Counter::all()
-            .filter_map(|counter| Some((counter, define(&counter.name(), MetricType::Counter)?)))
+            .filter_map(|counter| Some((counter, define(&counter.name(), MetricKind::Counter)?)))
             .collect();
         let gauges = Gauge::ALL
             .into_iter()
-            .filter_map(|gauge| Some((gauge, define(gauge.name(), MetricType::Gauge)?)))
+            .filter_map(|gauge| Some((gauge, define(gauge.name(), MetricKind::Gauge)?)))
             .collect();
         Metrics { counters, gauges }
     }
@@ -41,7 +39,7 @@ impl Metrics {
     }
 }
 
-fn define(name: &str, kind: MetricType) -> Option<u32> {
+fn define(name: &str, kind: MetricKind) -> Option<u32> {
     let id = abi::define_metric(kind, name);
     if id.is_none() {
         log::warn!("flowgate: could not define metric {name}");

@@ -5,14 +5,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MapType};
-
-use super::abi;
-use super::http::Http;
+use super::abi::{self, Buffer, Map};
 use super::metrics::Metrics;
 use crate::config::PluginConfig;
 use crate::directory::shared::{Key, Keys};
@@ -40,23 +34,26 @@ pub struct Root {
 }
 
 impl Root {
+    /// What this configuration's streams read; `None` until it is configured.
+    pub fn vm(&self) -> Option<Rc<Vm>> {
+        self.vm.clone()
+    }
+
     fn drive(&mut self, event: Event) {
         if let (Some(vm), Some((sync, keys))) = (&self.vm, &mut self.directory) {
             sync.run(event, |command| execute(vm, keys, command));
         }
     }
-}
 
-impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
         let Some((_, keys)) = &self.directory else {
             return;
         };
-        let header = |name| abi::header(MapType::HttpCallResponseHeaders, name);
+        let header = |name| abi::header(Map::CallResponseHeaders, name);
         let answer = Answer {
             status: header(":status").and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok()),
             etag: header("etag").map(|e| String::from_utf8_lossy(&e).into_owned()),
-            body: abi::buffer(BufferType::HttpCallResponseBody, body_size),
+            body: abi::buffer(Buffer::CallResponseBody, body_size),
         };
         let published = read(keys, Key::Published);
         self.drive(Event::Answered {
@@ -66,12 +63,10 @@ impl Context for Root {
             published,
         });
     }
-}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, size: usize) -> bool {
+    pub fn on_configure(&mut self, size: usize) -> bool {
         super::logger::follow_host_level();
-        let json = abi::buffer(BufferType::PluginConfiguration, size);
+        let json = abi::buffer(Buffer::PluginConfiguration, size);
         let config = match PluginConfig::parse(&json) {
             Ok(config) => config,
             Err(problem) => {
@@ -103,7 +98,7 @@ impl RootContext for Root {
         true
     }
 
-    fn on_tick(&mut self) {
+    pub fn on_tick(&mut self) {
         let now_ms = abi::now_ms();
         if now_ms / LOG_LEVEL_CHECK_MS != self.last_tick_ms / LOG_LEVEL_CHECK_MS {
             super::logger::follow_host_level();
@@ -118,15 +113,6 @@ impl RootContext for Root {
             lease,
             published,
         });
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let vm = Rc::clone(self.vm.as_ref()?);
-        Some(Box::new(Http::new(vm)))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }
 
@@ -143,9 +129,8 @@ fn execute(vm: &Vm, keys: &Keys, command: Command) -> Option<Event> {
             headers,
             timeout_ms,
         } => {
-            let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-            let timeout = Duration::from_millis(timeout_ms);
-            let token = hostcalls::dispatch_http_call(&cluster, headers, None, vec![], timeout).ok();
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let token = abi::http_call(&cluster, &headers, timeout_ms);
             return Some(Event::Dispatched { token });
         }
         Command::Read(access) => {

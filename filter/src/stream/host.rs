@@ -28,6 +28,10 @@ pub trait Host {
     fn code_details(&mut self) -> Vec<u8>;
     /// The first `size` bytes of the buffered response body.
     fn response_body(&mut self, size: usize) -> Vec<u8>;
+    /// Replaces the executor's held answer (its head and all `size` bytes of its body)
+    /// with `reply`, which then goes on to the sender; false when the host could not.
+    /// Only at the end of the answer's body, the one place Envoy allows it.
+    fn replace_answer(&mut self, reply: &Reply, size: usize) -> bool;
     /// Answers the sender with a local reply.
     fn send(&mut self, reply: &Reply);
     fn count(&mut self, counter: Counter);

@@ -45,6 +45,12 @@ struct Envoy {
     code_details: &'static str,
     answer: Vec<u8>,
     replies: Vec<Reply>,
+    /// Replies that replaced the executor's answer in place (also in `replies`).
+    replaced: usize,
+    /// The host cannot replace the answer (the stream must fall back to a local reply).
+    replace_fails: bool,
+    /// The event being delivered is the end of the answer's body.
+    at_answer_end: bool,
     counts: Vec<Counter>,
     unreadable: bool,
 }
@@ -83,6 +89,16 @@ impl Host for Envoy {
     }
     fn response_body(&mut self, size: usize) -> Vec<u8> {
         self.answer.iter().copied().take(size).collect()
+    }
+    fn replace_answer(&mut self, reply: &Reply, size: usize) -> bool {
+        assert!(self.at_answer_end, "an answer is replaced only at the end of its body");
+        assert_eq!(size, self.answer.len(), "the whole answer is replaced");
+        if self.replace_fails {
+            return false;
+        }
+        self.replies.push(reply.clone());
+        self.replaced += 1;
+        true
     }
     fn send(&mut self, reply: &Reply) {
         self.replies.push(reply.clone());
@@ -147,6 +163,8 @@ impl Run {
             max_body_bytes: self.config.max_body_bytes,
         };
         let envoy = &mut self.envoy;
+        envoy.at_answer_end = matches!(event, Event::ResponseBody { end: true, .. });
+        let replaced = envoy.replaced;
         let trailers = matches!(event, Event::RequestTrailers);
         let (action, request) = match event {
             Event::RequestHeaders { end } => (self.stream.on_request_headers(envoy, site, end), true),
@@ -165,6 +183,10 @@ impl Run {
             Event::ResponseTrailers => (self.stream.on_response_trailers(envoy), false),
         };
         let envoy = &mut self.envoy;
+        if envoy.replaced > replaced {
+            // Replaced in place: the reply goes on only if the answer does.
+            assert_eq!(action, Action::Continue, "a replaced answer must continue");
+        }
         if action == Action::Continue {
             if request {
                 self.continued = true;
@@ -270,6 +292,64 @@ fn response_trailers_end_a_held_answer_which_is_rendered() {
     ]);
     assert!(!run.answer_passed);
     assert_eq!(run.reply(), (201, "7/ok".to_string()));
+}
+
+/// An admitted sync webhook whose executor answered 200 with `answer`, in the stream's
+/// response phase, held.
+fn held_answer() -> Run {
+    let mut run = Run::webhook("/v1/flow-webhook/f-sync", Some(TOKEN), &[JSON]);
+    run.events([Event::RequestHeaders { end: false }, body(b"{\"a\":7}", true)]);
+    run.envoy.response = vec![(":status".into(), "200".into())];
+    assert_eq!(run.event(Event::ResponseHeaders { end: false }), Action::Pause);
+    run
+}
+
+#[test]
+fn the_rendered_reply_replaces_the_answer_in_place_at_its_end() {
+    let mut run = held_answer();
+    let chunk = |text: &str, end| Event::ResponseBody {
+        chunk: text.as_bytes().to_vec(),
+        end,
+    };
+    assert_eq!(run.event(chunk("{\"res1\": ", false)), Action::Pause);
+    assert_eq!(run.event(chunk("\"ok\"}", true)), Action::Continue);
+    assert_eq!(run.envoy.replaced, 1);
+    assert!(!run.answer_passed);
+    assert_eq!(run.reply(), (201, "7/ok".to_string()));
+    // Whatever follows passes: it is the reply's own.
+    assert_eq!(run.event(Event::ResponseTrailers), Action::Continue);
+    assert_eq!(run.envoy.replies.len(), 1);
+}
+
+#[test]
+fn where_the_answer_cannot_be_replaced_the_reply_is_a_local_one() {
+    // The host refuses the replacement.
+    let mut run = held_answer();
+    run.envoy.replace_fails = true;
+    let end = Event::ResponseBody {
+        chunk: b"{\"res1\": \"ok\"}".to_vec(),
+        end: true,
+    };
+    assert_eq!(run.event(end), Action::Pause);
+    assert_eq!((run.envoy.replaced, run.reply()), (0, (201, "7/ok".to_string())));
+
+    // Trailers end the answer: its body is no longer the end of the stream.
+    let mut run = held_answer();
+    run.events([
+        Event::ResponseBody {
+            chunk: b"{\"res1\": \"ok\"}".to_vec(),
+            end: false,
+        },
+        Event::ResponseTrailers,
+    ]);
+    assert_eq!((run.envoy.replaced, run.reply()), (0, (201, "7/ok".to_string())));
+
+    // The answer ends with its head: there is no body to replace.
+    let mut run = Run::webhook("/v1/flow-webhook/f-async", Some(TOKEN), &[JSON]);
+    run.events([Event::RequestHeaders { end: false }, body(b"{}", true)]);
+    run.envoy.response = vec![(":status".into(), "202".into())];
+    assert_eq!(run.event(Event::ResponseHeaders { end: true }), Action::Pause);
+    assert_eq!((run.envoy.replaced, run.reply().0), (0, 200));
 }
 
 #[test]
