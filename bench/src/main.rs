@@ -1,8 +1,9 @@
-//! flowgate-bench: drives the same webhook traffic through three listeners of one Envoy —
-//! plain routing (the limit), Envoy's Lua filter doing the equivalent work, and flowgate —
-//! alternating them round by round, and writes a Markdown report and an SVG chart.
+//! flowgate-bench: drives the same webhook traffic through four listeners of one Envoy —
+//! plain routing (the limit), Envoy's Lua filter doing the equivalent work, a Rust proxy-wasm
+//! filter that does nothing (the floor of any wasm filter), and flowgate — alternating them round
+//! by round, and writes a Markdown report and an SVG chart.
 //!
-//! Run it through `scripts/bench.sh`, which builds flowgate.wasm first. Run from the
+//! Run it through `scripts/bench.sh`, which builds flowgate.wasm and the empty filter first. Run from the
 //! repository root; it writes generated configs to bench/work/ and results to bench/results/.
 
 mod envoy;
@@ -22,9 +23,9 @@ use plan::{Demo, Listener, Scenario};
 use report::Report;
 use run::Bench;
 
-/// Drives the same webhook traffic through plain Envoy, Envoy's Lua filter and flowgate (one Envoy,
-/// three listeners, alternated round by round) and writes a Markdown report and an SVG chart. Run
-/// it from the repository root, through scripts/bench.sh.
+/// Drives the same webhook traffic through plain Envoy, Envoy's Lua filter, an empty Rust
+/// proxy-wasm filter and flowgate (one Envoy, four listeners, alternated round by round) and writes
+/// a Markdown report and an SVG chart. Run it from the repository root, through scripts/bench.sh.
 #[derive(Debug, Parser)]
 #[command(name = "flowgate-bench", args_override_self = true)]
 struct Cli {
@@ -34,7 +35,7 @@ struct Cli {
     /// Length of each measured wrk run [default: 3]
     #[arg(long, value_name = "N")]
     seconds: Option<u32>,
-    /// Rounds; each runs every listener once, in rotating order [default: 5]
+    /// Rounds; each runs every listener once, in rotating order [default: 3]
     #[arg(long, value_name = "N")]
     rounds: Option<u32>,
     /// Unmeasured seconds per listener before a scenario [default: 1]
@@ -56,7 +57,7 @@ struct Cli {
     /// Do not pin Envoy to CPU 0 and wrk to CPU 1
     #[arg(long)]
     no_pin: bool,
-    /// Admin port; listeners at N+1..N+3, upstream at N+80 (moved up when one of them is taken)
+    /// Admin port; listeners at N+1..N+4, upstream at N+80 (moved up when one of them is taken)
     #[arg(long, value_name = "N", default_value_t = 18900)]
     port_base: u16,
     /// Results directory
@@ -82,7 +83,7 @@ impl From<Cli> for Options {
         let quick = |normal: u32, quick: u32| if cli.quick { quick } else { normal };
         Options {
             seconds: cli.seconds.unwrap_or(quick(3, 1)).max(1),
-            rounds: cli.rounds.unwrap_or(quick(5, 1)).max(1),
+            rounds: cli.rounds.unwrap_or(quick(3, 1)).max(1),
             warmup: cli.warmup.unwrap_or(quick(1, 0)),
             connections: cli.connections.max(1),
             only: cli.only,
@@ -115,6 +116,7 @@ fn bench(o: &Options) -> Result<(), String> {
         work: root.join("bench/work"),
         demo,
         wasm: root.join("target/wasm32-wasip1/release/flowgate.wasm"),
+        empty_wasm: root.join("target/wasm32-wasip1/release/empty_filter.wasm"),
         envoy: envoy::binary(&root),
         wrk_script: root.join("bench/lua/wrk-post.lua"),
         root,
@@ -127,6 +129,13 @@ fn bench(o: &Options) -> Result<(), String> {
             )
         })?
         .len();
+    if !b.empty_wasm.is_file() {
+        return Err(format!(
+            "{}: not found; the empty listener needs it (build it: cargo build --release --target \
+             wasm32-wasip1 -p empty-filter, or run scripts/bench.sh)",
+            b.empty_wasm.display()
+        ));
+    }
     std::fs::create_dir_all(&b.work).map_err(|e| e.to_string())?;
 
     let scenarios: Vec<Scenario> = plan::scenarios()
@@ -154,7 +163,11 @@ fn bench(o: &Options) -> Result<(), String> {
         let config = b.work.join(format!("envoy-{flows}.json"));
         let ports = Ports::free_from(o.port_base)?;
         envoy::write_config(&config, &b.bootstrap(&group, ports, &Listener::ALL))?;
-        eprintln!("== {flows} flows: starting Envoy with the plain, lua and flowgate listeners");
+        let names: Vec<&str> = Listener::ALL.iter().map(|l| l.name()).collect();
+        eprintln!(
+            "== {flows} flows: starting Envoy with the {} listeners",
+            names.join(", ")
+        );
         let envoy = Envoy::start(&b.envoy, &config, ports, &Listener::ALL, o.pin.then_some(0))?;
         eprintln!(
             "   ready in {} ms, VmRSS {} MiB",
@@ -249,7 +262,7 @@ mod tests {
     #[test]
     fn flags_keep_their_defaults_and_quick_is_a_smoke_run() {
         let o = options(&[]);
-        assert_eq!((o.seconds, o.rounds, o.warmup, o.connections), (3, 5, 1, 16));
+        assert_eq!((o.seconds, o.rounds, o.warmup, o.connections), (3, 3, 1, 16));
         assert!(o.memory && o.pin && !o.profile && o.only.is_none());
         assert_eq!((o.port_base, o.out.as_path()), (18900, Path::new("bench/results")));
         let o = options(&["--quick"]);

@@ -1,5 +1,5 @@
 //! The results: medians over rounds, ratios taken within each round (so machine noise that
-//! hits all three listeners alike cancels), the goals, a Markdown report and an SVG chart.
+//! hits all four listeners alike cancels), the goals, a Markdown report and an SVG chart.
 
 mod goals;
 mod markdown;
@@ -14,16 +14,16 @@ pub use svg::svg;
 /// One scenario's rounds, per listener (indexed by `Listener::index`).
 pub struct Measured {
     pub scenario: Scenario,
-    pub runs: [Vec<Run>; 3],
+    pub runs: [Vec<Run>; Listener::COUNT],
     /// New downstream connections per 1,000 requests (Envoy's `downstream_cx_total`), per round.
-    pub new_connections: [Vec<f64>; 3],
+    pub new_connections: [Vec<f64>; Listener::COUNT],
     /// The probe's answer: status and whether Envoy said `connection: close`.
-    pub probe: [(u16, bool); 3],
+    pub probe: [(u16, bool); Listener::COUNT],
     /// One run per listener with a single connection (latency without queueing).
-    pub single: [Run; 3],
+    pub single: [Run; Listener::COUNT],
     /// One run per listener at the same connections, each waiting `delay_ms` between
     /// requests: half the slowest listener's rate, so no listener's worker is saturated.
-    pub paced: [Run; 3],
+    pub paced: [Run; Listener::COUNT],
     pub delay_ms: u32,
 }
 
@@ -105,7 +105,11 @@ impl Measured {
     }
     /// flowgate's p99 minus plain's, paced load.
     pub(crate) fn paced_added_p99_us(&self) -> f64 {
-        self.paced[Listener::Flowgate.index()].p99_us - self.paced[Listener::Plain.index()].p99_us
+        self.paced_p99_over(Listener::Plain)
+    }
+    /// flowgate's p99 minus `other`'s, paced load.
+    pub(crate) fn paced_p99_over(&self, other: Listener) -> f64 {
+        self.paced[Listener::Flowgate.index()].p99_us - self.paced[other.index()].p99_us
     }
     pub(crate) fn connections(&self, l: Listener) -> f64 {
         median(self.new_connections[l.index()].clone())
@@ -137,16 +141,28 @@ mod tests {
         }
     }
 
-    pub(super) fn measured(name: &str, plain: [f64; 3], lua: [f64; 3], flowgate: [f64; 3]) -> Measured {
+    /// Three rounds of req/s per listener (plain, lua, empty, flowgate); paced p99: plain 300 µs,
+    /// Lua 380, empty 320, flowgate 350.
+    pub(super) fn measured(name: &str, rounds: [[f64; 3]; Listener::COUNT]) -> Measured {
         let scenario = scenarios().into_iter().find(|s| s.name == name).unwrap();
-        let runs = [plain, lua, flowgate].map(|rounds| rounds.iter().map(|&r| run(r, 1000.0)).collect());
+        let runs = rounds.map(|rounds| rounds.iter().map(|&r| run(r, 1000.0)).collect());
         Measured {
             scenario,
             runs,
-            new_connections: [vec![0.0], vec![0.0], vec![1000.0]],
-            probe: [(200, false); 3],
-            single: [run(5000.0, 100.0), run(4000.0, 150.0), run(4500.0, 130.0)],
-            paced: [run(2000.0, 300.0), run(2000.0, 380.0), run(2000.0, 350.0)],
+            new_connections: [vec![0.0], vec![0.0], vec![0.0], vec![1000.0]],
+            probe: [(200, false); Listener::COUNT],
+            single: [
+                run(5000.0, 100.0),
+                run(4000.0, 150.0),
+                run(4800.0, 110.0),
+                run(4500.0, 130.0),
+            ],
+            paced: [
+                run(2000.0, 300.0),
+                run(2000.0, 380.0),
+                run(2000.0, 320.0),
+                run(2000.0, 350.0),
+            ],
             delay_ms: 8,
         }
     }
@@ -156,11 +172,15 @@ mod tests {
         // Round 2 ran slow for everyone: the ratio is still 0.9 in every round.
         let m = measured(
             "sync",
-            [20_000.0, 10_000.0, 20_000.0],
-            [19_000.0; 3],
-            [18_000.0, 9_000.0, 18_000.0],
+            [
+                [20_000.0, 10_000.0, 20_000.0],
+                [19_000.0; 3],
+                [18_000.0, 9_000.0, 18_000.0],
+                [18_000.0, 9_000.0, 18_000.0],
+            ],
         );
         assert!((m.ratio(Listener::Flowgate, Listener::Plain) - 0.9).abs() < 1e-9);
+        assert!((m.ratio(Listener::Flowgate, Listener::Empty) - 1.0).abs() < 1e-9);
         assert!((m.added_us(Listener::Flowgate) - (1e6 / 18_000.0 - 1e6 / 20_000.0)).abs() < 1e-9);
     }
 }

@@ -22,6 +22,7 @@ pub struct Bench<'a> {
     pub work: PathBuf,
     pub demo: Demo,
     pub wasm: PathBuf,
+    pub empty_wasm: PathBuf,
     pub envoy: PathBuf,
     pub wrk_script: PathBuf,
 }
@@ -45,15 +46,18 @@ impl Bench<'_> {
             wasm: &self.wasm,
             plugin_config: &group.plugin_config,
             lua_script: &group.lua_script,
+            empty_wasm: &self.empty_wasm,
         };
         envoy::bootstrap(ports, listeners, &filters)
     }
 
-    /// VmRSS of an Envoy with plain routing only, then with the Lua or the flowgate listener added.
+    /// VmRSS of an Envoy with plain routing only, then with the Lua, the empty-filter or the
+    /// flowgate listener added.
     pub fn memory(&self, group: &Group) -> Result<Vec<Memory>, String> {
-        let variants: [(&str, &[Listener]); 3] = [
+        let variants: [(&str, &[Listener]); 4] = [
             ("plain only", &[Listener::Plain]),
             ("plain + lua", &[Listener::Plain, Listener::Lua]),
+            ("plain + empty", &[Listener::Plain, Listener::Empty]),
             ("plain + flowgate", &[Listener::Plain, Listener::Flowgate]),
         ];
         let warm = plan::scenarios()
@@ -152,8 +156,11 @@ impl Bench<'_> {
         eprintln!("-- {}: {}", scenario.name, scenario.what);
         let body = std::fs::read(self.body_file(scenario)?).map_err(|e| e.to_string())?;
         let authorization = format!("Bearer {}", self.token(scenario));
-        let mut probe = [(0, false); 3];
-        let mut answers: Vec<Vec<u8>> = Vec::new();
+        let mut probe = [(0, false); Listener::COUNT];
+        let mut answers: [Vec<u8>; Listener::COUNT] = Default::default();
+        // Only the flowgate listener routes to `site`, and only what is not a webhook.
+        let to_site = || envoy.counter("cluster.site.upstream_rq_total").unwrap_or(0);
+        let site_before = to_site();
         for listener in Listener::ALL {
             let response = envoy::request(
                 envoy.ports.listener(listener),
@@ -163,9 +170,11 @@ impl Bench<'_> {
                 &body,
             )
             .map_err(|e| format!("{} probe on {}: {e}", scenario.name, listener.name()))?;
+            // Every listener answers `pass` 200: plain, Lua and the empty filter from `upstream`,
+            // flowgate's listener from `site` with flowgate off on that route.
             let expected = match listener {
-                Listener::Plain if scenario.path.ends_with("f-1003") => 202,
-                Listener::Plain => 200,
+                _ if listener.ungated() && scenario.path.ends_with("f-1003") => 202,
+                _ if listener.ungated() => 200,
                 _ => scenario.status,
             };
             if response.status != expected {
@@ -178,13 +187,23 @@ impl Bench<'_> {
                 ));
             }
             probe[listener.index()] = (response.status, response.header("connection") == Some("close"));
-            answers.push(response.body);
+            answers[listener.index()] = response.body;
         }
-        if answers[1] != answers[2] {
+        let site = to_site().saturating_sub(site_before);
+        let expected_site = u64::from(!scenario.path.starts_with(plan::WEBHOOK_PREFIX));
+        if site != expected_site {
+            return Err(format!(
+                "{} probe: {site} request(s) reached the `site` cluster, expected {expected_site} \
+                 (the flowgate listener routes only non-webhook paths there)",
+                scenario.name
+            ));
+        }
+        let (lua, flowgate) = (&answers[Listener::Lua.index()], &answers[Listener::Flowgate.index()]);
+        if lua != flowgate {
             eprintln!(
                 "   note: lua and flowgate answer differently:\n     lua:      {}\n     flowgate: {}",
-                String::from_utf8_lossy(&answers[1]),
-                String::from_utf8_lossy(&answers[2])
+                String::from_utf8_lossy(lua),
+                String::from_utf8_lossy(flowgate)
             );
         }
         if self.o.warmup > 0 {
@@ -192,11 +211,12 @@ impl Bench<'_> {
                 self.load(envoy, scenario, listener, self.o.warmup)?;
             }
         }
-        let mut runs: [Vec<wrk::Run>; 3] = Default::default();
-        let mut new_connections: [Vec<f64>; 3] = Default::default();
+        let mut runs: [Vec<wrk::Run>; Listener::COUNT] = Default::default();
+        let mut new_connections: [Vec<f64>; Listener::COUNT] = Default::default();
         for round in 0..self.o.rounds as usize {
-            for k in 0..3 {
-                let listener = Listener::ALL[(round + k) % 3];
+            // Each round starts one listener later, so none always runs first or last.
+            for k in 0..Listener::COUNT {
+                let listener = Listener::ALL[(round + k) % Listener::COUNT];
                 let counter = format!("http.{}.downstream_cx_total", listener.name());
                 let before = envoy.counter(&counter).unwrap_or(0);
                 let run = self.load(envoy, scenario, listener, self.o.seconds)?;
@@ -220,7 +240,7 @@ impl Bench<'_> {
             }
         }
         // One connection: no queueing in Envoy, so latency is the per-request service time.
-        let mut single: [wrk::Run; 3] = Default::default();
+        let mut single: [wrk::Run; Listener::COUNT] = Default::default();
         for listener in Listener::ALL {
             single[listener.index()] = self.load_with(envoy, scenario, listener, self.o.seconds, 1, None)?;
         }
@@ -231,7 +251,7 @@ impl Bench<'_> {
             .map(|r| report::median(r.iter().map(|run| run.requests_per_sec).collect()))
             .fold(f64::INFINITY, f64::min);
         let delay_ms = plan::pacing_delay_ms(self.o.connections, slowest);
-        let mut paced: [wrk::Run; 3] = Default::default();
+        let mut paced: [wrk::Run; Listener::COUNT] = Default::default();
         for listener in Listener::ALL {
             paced[listener.index()] = self.load_with(
                 envoy,
