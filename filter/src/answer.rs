@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 
 use crate::flows::{Flow, Mode};
 use crate::reply::{self, Refusal, Reply};
+use crate::wire;
 
 /// The head of the answer coming back from the router.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,18 @@ impl AnswerHead {
             timed_out: details.windows(16).any(|w| w == b"response_timeout"),
         }
     }
+}
+
+/// The response's `:status` (0 if unreadable) and announced `content-length`, from its
+/// serialized header map: one read of the head instead of one per header.
+pub fn status_and_length(map: &[u8]) -> (u16, Option<usize>) {
+    let headers = wire::decode_header_map(map).unwrap_or_default();
+    let value = |name: &[u8]| {
+        let (_, value) = headers.iter().find(|(n, _)| *n == name)?;
+        std::str::from_utf8(value).ok()
+    };
+    let status = value(b":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, value(b"content-length").and_then(|s| s.trim().parse().ok()))
 }
 
 /// What to do with the executor's response.
@@ -164,6 +177,16 @@ mod tests {
 
     fn via_upstream(status: u16) -> AnswerHead {
         AnswerHead::new(status, || b"via_upstream".to_vec())
+    }
+
+    #[test]
+    fn the_head_is_read_from_one_header_map() {
+        let map = wire::encode_header_map(&[(":status", "202"), ("content-length", " 17 "), ("x-run", "1")]);
+        assert_eq!(status_and_length(&map), (202, Some(17)));
+        let map = wire::encode_header_map(&[(":status", "abc"), ("content-length", "-1")]);
+        assert_eq!(status_and_length(&map), (0, None));
+        // An unreadable map is no status at all: the router's or a broken answer.
+        assert_eq!(status_and_length(b"\x05"), (0, None));
     }
 
     #[test]

@@ -216,10 +216,7 @@ impl Stream {
             }
             phase => return self.keep(phase, Direction::Response),
         };
-        let status = host
-            .response_header(":status")
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
-            .unwrap_or(0);
+        let (status, announced) = answer::status_and_length(&host.response_headers().unwrap_or_default());
         let head = AnswerHead::new(status, || host.code_details());
         match answer::plan(&admission.flow, head) {
             AnswerPlan::PassThrough => {
@@ -228,9 +225,6 @@ impl Stream {
             }
             AnswerPlan::Refuse(fault) => self.refuse(host, fault),
             AnswerPlan::Hold => {
-                let announced = host
-                    .response_header("content-length")
-                    .and_then(|s| std::str::from_utf8(&s).ok()?.trim().parse::<usize>().ok());
                 if announced.is_some_and(|length| length > MAX_ANSWER_BYTES) {
                     return self.too_large(host, &admission, request_body, status);
                 }

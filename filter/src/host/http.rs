@@ -38,8 +38,8 @@ impl Host for Calls<'_> {
         abi::buffer(Buffer::RequestBody, size)
     }
 
-    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        abi::header(Map::ResponseHeaders, name)
+    fn response_headers(&mut self) -> Option<Vec<u8>> {
+        abi::header_map(Map::ResponseHeaders)
     }
 
     fn code_details(&mut self) -> Vec<u8> {

@@ -23,7 +23,8 @@ pub trait Host {
     fn remove_request_trailer(&mut self, name: &str);
     /// The first `size` bytes of the buffered request body.
     fn request_body(&mut self, size: usize) -> Vec<u8>;
-    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// The serialized response header map (`wire` layout); `None` when unreadable.
+    fn response_headers(&mut self) -> Option<Vec<u8>>;
     /// Envoy's `response.code_details`: who made the response.
     fn code_details(&mut self) -> Vec<u8>;
     /// The first `size` bytes of the buffered response body.

@@ -80,9 +80,8 @@ impl Host for Envoy {
     fn request_body(&mut self, size: usize) -> Vec<u8> {
         self.held.iter().copied().take(size).collect()
     }
-    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        let (_, value) = self.response.iter().find(|(n, _)| n == name)?;
-        Some(value.as_bytes().to_vec())
+    fn response_headers(&mut self) -> Option<Vec<u8>> {
+        Some(wire::encode_header_map(&self.response))
     }
     fn code_details(&mut self) -> Vec<u8> {
         self.code_details.as_bytes().to_vec()

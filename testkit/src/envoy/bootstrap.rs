@@ -147,6 +147,8 @@ pub struct EnvoyOptions {
     /// The listener comes from a file through LDS, on a fixed port, so that a test can change it
     /// while Envoy runs ([`super::Envoy::update_listener`]).
     pub listener_from_file: bool,
+    /// The listener's routes; default: every path to the executor, through the filter.
+    pub routes: Option<Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -168,6 +170,7 @@ impl EnvoyOptions {
             executor_protocol: ExecutorProtocol::Http1,
             runtime: Vec::new(),
             listener_from_file: false,
+            routes: None,
         }
     }
 
@@ -209,6 +212,12 @@ impl EnvoyOptions {
         self
     }
 
+    /// Routes of the listener (`route_config.virtual_hosts[].routes`), e.g. envoy/envoy.yaml's.
+    pub fn routes(mut self, routes: Value) -> EnvoyOptions {
+        self.routes = Some(routes);
+        self
+    }
+
     pub fn listener_from_file(mut self) -> EnvoyOptions {
         self.listener_from_file = true;
         self
@@ -237,7 +246,9 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
         "flowgate",
         0,
         opts.buffer_limit,
-        route_all_to("flow_executor", opts.route_timeout),
+        opts.routes
+            .clone()
+            .unwrap_or_else(|| route_all_to("flow_executor", opts.route_timeout)),
         vec![wasm_filter(&filter_wasm(), &opts.plugin_config.text())],
     );
     let directory = cluster("flow_directory", opts.directory_port.unwrap_or(opts.executor_port));
