@@ -235,6 +235,22 @@ impl Envoy {
         self.process.rss()
     }
 
+    /// CPU time (user + system) the worker thread has used so far, in µs: with other processes
+    /// on the machine, what a request costs the worker, whether or not it was scheduled out.
+    pub fn worker_cpu_us(&self) -> Option<f64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        let worker = tasks
+            .flatten()
+            .map(|task| task.path())
+            .find(|task| std::fs::read_to_string(task.join("comm")).is_ok_and(|name| name.trim() == "wrk:worker_0"))?;
+        let stat = std::fs::read_to_string(worker.join("stat")).ok()?;
+        // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // USER_HZ is 100 on Linux.
+        Some(ticks as f64 * 10_000.0)
+    }
+
     /// A counter from the admin `/stats` endpoint.
     pub fn counter(&self, name: &str) -> Option<u64> {
         admin_stats(self.ports.admin(), &format!("/stats?filter=^{name}$"))?

@@ -84,6 +84,28 @@ impl Measured {
                 .collect(),
         )
     }
+    /// Median over rounds of `b`'s worker CPU per request divided by `a`'s in the same round:
+    /// the req/s ratio the worker's own CPU time gives, whatever else the machine ran.
+    pub fn cpu_ratio(&self, a: Listener, b: Listener) -> f64 {
+        let (a, b) = (&self.runs[a.index()], &self.runs[b.index()]);
+        median(
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| y.cpu_per_request() / x.cpu_per_request())
+                .filter(|ratio| ratio.is_finite())
+                .collect(),
+        )
+    }
+    /// Median worker CPU µs per request.
+    pub fn cpu_us(&self, l: Listener) -> f64 {
+        median(
+            self.runs[l.index()]
+                .iter()
+                .map(Run::cpu_per_request)
+                .filter(|us| us.is_finite())
+                .collect(),
+        )
+    }
     /// Worker time added per request against plain Envoy, in µs (1/rps difference, per round).
     pub fn added_us(&self, l: Listener) -> f64 {
         let (a, b) = (&self.runs[l.index()], &self.runs[Listener::Plain.index()]);
@@ -165,6 +187,23 @@ mod tests {
             ],
             delay_ms: 8,
         }
+    }
+
+    #[test]
+    fn cpu_ratios_come_from_the_workers_time_per_request() {
+        let mut m = measured("sync", [[10_000.0; 3]; Listener::COUNT]);
+        let costs = [50.0, 60.0, 55.0, 62.5];
+        for (l, us) in Listener::ALL.into_iter().zip(costs) {
+            for run in &mut m.runs[l.index()] {
+                run.requests = 1000;
+                run.worker_cpu_us = us * 1000.0;
+            }
+        }
+        assert!((m.cpu_us(Listener::Lua) - 60.0).abs() < 1e-9);
+        assert!((m.cpu_ratio(Listener::Flowgate, Listener::Plain) - 0.8).abs() < 1e-9);
+        // Unknown CPU time (no worker found) gives no ratio rather than a wrong one.
+        m.runs[Listener::Plain.index()][0].worker_cpu_us = 0.0;
+        assert!((m.cpu_ratio(Listener::Flowgate, Listener::Plain) - 0.8).abs() < 1e-9);
     }
 
     #[test]

@@ -219,13 +219,18 @@ impl Bench<'_> {
                 let listener = Listener::ALL[(round + k) % Listener::COUNT];
                 let counter = format!("http.{}.downstream_cx_total", listener.name());
                 let before = envoy.counter(&counter).unwrap_or(0);
-                let run = self.load(envoy, scenario, listener, self.o.seconds)?;
+                let cpu_before = envoy.worker_cpu_us();
+                let mut run = self.load(envoy, scenario, listener, self.o.seconds)?;
+                if let (Some(start), Some(end)) = (cpu_before, envoy.worker_cpu_us()) {
+                    run.worker_cpu_us = end - start;
+                }
                 let after = envoy.counter(&counter).unwrap_or(0);
                 eprintln!(
-                    "   round {} {:<8} {:>8.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs{}",
+                    "   round {} {:<8} {:>8.0} req/s  {:>6.1} CPU µs/req  p50 {:>7.0} µs  p99 {:>7.0} µs{}",
                     round + 1,
                     listener.name(),
                     run.requests_per_sec,
+                    run.cpu_per_request(),
                     run.p50_us,
                     run.p99_us,
                     if run.socket_errors > 0 {

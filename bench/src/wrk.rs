@@ -14,6 +14,19 @@ pub struct Run {
     pub non_2xx: u64,
     /// connect + read + write + timeout errors.
     pub socket_errors: u64,
+    /// Envoy's worker thread CPU time during the run, µs (0 when unknown).
+    pub worker_cpu_us: f64,
+}
+
+impl Run {
+    /// Worker CPU µs per request (NaN when unknown).
+    pub fn cpu_per_request(&self) -> f64 {
+        if self.worker_cpu_us > 0.0 && self.requests > 0 {
+            self.worker_cpu_us / self.requests as f64
+        } else {
+            f64::NAN
+        }
+    }
 }
 
 pub struct Load<'a> {
@@ -145,6 +158,7 @@ Transfer/sec:      4.00MB
                 requests: 107500,
                 non_2xx: 107500,
                 socket_errors: 4,
+                worker_cpu_us: 0.0,
             }
         );
     }

@@ -72,11 +72,16 @@ fn ratio_goal<'a>(
     at_least: f64,
     absent: &str,
 ) -> Goal {
-    match lowest(scenarios, |m| m.ratio(Listener::Flowgate, other)) {
+    let scenarios: Vec<&Measured> = scenarios.collect();
+    let by_cpu = lowest(scenarios.iter().copied(), |m| m.cpu_ratio(Listener::Flowgate, other))
+        .filter(|(ratio, _)| ratio.is_finite())
+        .map(|(ratio, name)| format!("; by worker CPU per request: worst {ratio:.2}x ({name})"))
+        .unwrap_or_default();
+    match lowest(scenarios.into_iter(), |m| m.ratio(Listener::Flowgate, other)) {
         Some((ratio, name)) => Goal {
             text,
             verdict: Verdict::of(ratio >= at_least),
-            detail: format!("worst {ratio:.2}x {} ({name})", other.name()),
+            detail: format!("worst {ratio:.2}x {} ({name}){by_cpu}", other.name()),
         },
         None => Goal {
             text,

@@ -61,6 +61,28 @@ fn summary(md: &mut String, report: &Report) {
             m.ratio(Flowgate, Empty),
         );
     }
+    md.push_str(
+        "\nThe same ratios from Envoy's worker thread's own CPU time per request (`/proc`, user + \
+         system, per run): what each request costs the worker, whatever else ran on the machine \
+         meanwhile (on a busy machine req/s also measures the scheduler).\n\n\
+         | scenario | worker CPU µs/req plain / lua / empty / flowgate | flowgate / plain | flowgate / Lua | empty / plain | flowgate / empty |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for m in &report.measured {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} / {:.1} / {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            m.scenario.name,
+            m.cpu_us(Plain),
+            m.cpu_us(Lua),
+            m.cpu_us(Empty),
+            m.cpu_us(Flowgate),
+            m.cpu_ratio(Flowgate, Plain),
+            m.cpu_ratio(Flowgate, Lua),
+            m.cpu_ratio(Empty, Plain),
+            m.cpu_ratio(Flowgate, Empty),
+        );
+    }
     md.push('\n');
 }
 
