@@ -76,6 +76,37 @@ fn form_decode(raw: &[u8]) -> String {
     String::from_utf8_lossy(&percent_decode(&spaced)).into_owned()
 }
 
+/// What an admitted body goes through: a JSON body (by its content type) must parse;
+/// a body the response template reads (as `<ref_id>`) is kept; a JSON one is parsed once, for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyUse {
+    /// Nothing: the body streams to the executor.
+    Stream,
+    CheckJson,
+    /// Kept as the template sees a non-JSON body (form fields or text).
+    Bind,
+    ParseJson,
+}
+
+impl BodyUse {
+    pub fn of(json: bool, kept: bool) -> BodyUse {
+        match (json, kept) {
+            (false, false) => BodyUse::Stream,
+            (true, false) => BodyUse::CheckJson,
+            (false, true) => BodyUse::Bind,
+            (true, true) => BodyUse::ParseJson,
+        }
+    }
+
+    pub fn is_json(self) -> bool {
+        matches!(self, BodyUse::CheckJson | BodyUse::ParseJson)
+    }
+
+    pub fn is_kept(self) -> bool {
+        matches!(self, BodyUse::Bind | BodyUse::ParseJson)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

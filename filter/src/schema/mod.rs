@@ -69,8 +69,9 @@ pub struct FlowEntry {
     pub ref_id: RefId,
     /// Paused flows are answered at the edge.
     pub status: FlowStatus,
-    /// SHA-256 digests (64 lowercase hex) of the accepted bearer tokens.
-    pub token_sha256: TokenDigests,
+    /// SHA-256 digests (64 lowercase hex) of the accepted bearer tokens; required unless the
+    /// flow has `verify` (with both, both must pass).
+    pub token_sha256: Option<TokenDigests>,
     /// Answer once the executor has queued the run (default false).
     #[serde(rename = "async")]
     #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
@@ -82,6 +83,8 @@ pub struct FlowEntry {
     pub max_body_bytes: Option<BodyLimit>,
     /// The flow's webhook response.
     pub response: Option<ResponseEntry>,
+    /// Sender verification: the provider's signature scheme and keys (contract 7).
+    pub verify: Option<crate::verify::VerifyEntry>,
 }
 
 /// A flow's webhook response: its status, content type and Jinja2 body template.
