@@ -147,6 +147,9 @@ pub struct EnvoyOptions {
     /// The listener comes from a file through LDS, on a fixed port, so that a test can change it
     /// while Envoy runs ([`super::Envoy::update_listener`]).
     pub listener_from_file: bool,
+    /// Environment variables Envoy runs with, each listed in the VM's
+    /// `environment_variables.host_env_keys` (flows' `verify.secret_env`).
+    pub host_env: Vec<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -168,6 +171,7 @@ impl EnvoyOptions {
             executor_protocol: ExecutorProtocol::Http1,
             runtime: Vec::new(),
             listener_from_file: false,
+            host_env: Vec::new(),
         }
     }
 
@@ -209,6 +213,11 @@ impl EnvoyOptions {
         self
     }
 
+    pub fn host_env(mut self, name: &str, value: &str) -> EnvoyOptions {
+        self.host_env.push((name.to_string(), value.to_string()));
+        self
+    }
+
     pub fn listener_from_file(mut self) -> EnvoyOptions {
         self.listener_from_file = true;
         self
@@ -233,12 +242,17 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
             }
         });
     }
+    let mut filter = wasm_filter(&filter_wasm(), &opts.plugin_config.text());
+    if !opts.host_env.is_empty() {
+        let keys: Vec<&str> = opts.host_env.iter().map(|(name, _)| name.as_str()).collect();
+        filter["typed_config"]["config"]["vm_config"]["environment_variables"] = json!({"host_env_keys": keys});
+    }
     let listener = http_listener(
         "flowgate",
         0,
         opts.buffer_limit,
         route_all_to("flow_executor", opts.route_timeout),
-        vec![wasm_filter(&filter_wasm(), &opts.plugin_config.text())],
+        vec![filter],
     );
     let directory = cluster("flow_directory", opts.directory_port.unwrap_or(opts.executor_port));
     let mut bootstrap = static_bootstrap(0, vec![listener], vec![executor, directory]);
