@@ -58,17 +58,18 @@ pub fn bind(content_type: Option<&[u8]>, body: &[u8]) -> Value {
 
 /// `a=1&b=x+y` -> `{"a": "1", "b": "x y"}`; a repeated field keeps its last value.
 fn form_fields(body: &[u8]) -> Value {
-    let fields: std::collections::BTreeMap<String, String> = body
-        .split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let mut parts = pair.splitn(2, |&b| b == b'=');
-            let name = form_decode(parts.next().unwrap_or_default());
-            let value = form_decode(parts.next().unwrap_or_default());
-            (name, value)
-        })
-        .collect();
+    let fields: std::collections::BTreeMap<String, String> = form_pairs(body).collect();
     Value::from_serialize(fields)
+}
+
+/// `a=1&b=x+y` -> `("a", "1")`, `("b", "x y")`: decoded form fields in order.
+pub fn form_pairs(body: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
+    body.split(|&b| b == b'&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let mut parts = pair.splitn(2, |&b| b == b'=');
+        let name = form_decode(parts.next().unwrap_or_default());
+        let value = form_decode(parts.next().unwrap_or_default());
+        (name, value)
+    })
 }
 
 fn form_decode(raw: &[u8]) -> String {

@@ -290,3 +290,22 @@ fn keys_from_envoys_environment_verify_and_stay_out_of_the_config_dump() {
     let inline = Envoy::start(EnvoyOptions::new(plugin_config_for(&flow_file), stack.executor.port()));
     assert!(admin_get(inline.admin_port(), "/config_dump").unwrap().contains(secret));
 }
+
+/// The README's signed curl against the demo flows (`f-1006`, signed like GitHub).
+#[test]
+fn the_demos_signed_flow_answers_the_readmes_curl() {
+    let stack = Stack::demo();
+    let signature = (
+        "x-hub-signature-256",
+        "sha256=435e4b7407bdb36c1147a3db30d2173a04ed8c6074363d34bb6fac0e024d8f35",
+    );
+    let json = ("content-type", "application/json");
+    let path = "/v1/flow-webhook/f-1006";
+    let response = stack.send("POST", path, &[signature, json], br#"{"action":"opened","number":1}"#);
+    assert_eq!(response.status, 200, "{:?}", response.text());
+    assert_eq!(response.json(), json!({"res1": {"action": "opened"}}));
+    let response = stack.send("POST", path, &[signature, json], br#"{"action":"opened","number":2}"#);
+    let envelope = assert_invalid_signature(&response, "one byte changed");
+    assert_eq!(envelope.message, "signature check failed: no key of this flow matches");
+    assert_eq!(stack.executor.requests().len(), 1);
+}

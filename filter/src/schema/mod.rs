@@ -61,6 +61,10 @@ pub struct PluginEntry<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(extend("anyOf" = [{"required": ["token_sha256"]}, {"required": ["verify"]}]))
+)]
 pub struct FlowEntry {
     /// The `{flow_id}` path segment; unique.
     pub id: FlowId,

@@ -6,7 +6,7 @@ use base64::Engine as _;
 
 use super::entry::{Encoding, TimestampUnit};
 use super::Failure;
-use crate::route;
+use crate::{body, route};
 
 /// The request facts a signature check reads, kept from the head until the body is in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,10 +67,7 @@ impl Delivery {
 
     /// The first value of a query parameter, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        form_pairs(self.query())
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
+        body::form_pairs(self.query()).find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     /// The URL the provider signed: `public_url` plus the request's query, or the URL as
@@ -160,45 +157,4 @@ pub fn linear_timestamp_ms(body: &[u8]) -> Option<u64> {
         webhook_timestamp: Option<u64>,
     }
     serde_json::from_slice::<Delivery>(body).ok()?.webhook_timestamp
-}
-
-/// `application/x-www-form-urlencoded` pairs, decoded (`+` is a space).
-pub fn form_pairs(text: &[u8]) -> Vec<(String, String)> {
-    text.split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(at) => (
-                    pair.get(..at).unwrap_or_default(),
-                    pair.get(at + 1..).unwrap_or_default(),
-                ),
-                None => (pair, &b""[..]),
-            };
-            (form_decode(name), form_decode(value))
-        })
-        .collect()
-}
-
-fn form_decode(text: &[u8]) -> String {
-    let mut out = Vec::with_capacity(text.len());
-    let mut bytes = text.iter();
-    while let Some(&b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let rest = bytes.as_slice();
-                match (rest.first(), rest.get(1)) {
-                    (Some(&hi), Some(&lo)) if route::hex_value(hi).is_some() && route::hex_value(lo).is_some() => {
-                        out.push(
-                            route::hex_value(hi).unwrap_or_default() << 4 | route::hex_value(lo).unwrap_or_default(),
-                        );
-                        bytes.nth(1);
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            _ => out.push(b),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -22,7 +22,7 @@ pub fn twilio(delivery: &Delivery, body: &[u8], keys: &[Key], url: &str) -> Resu
         .is_some_and(|t| t.to_ascii_lowercase().starts_with(b"application/x-www-form-urlencoded"));
     let mut signed_params = String::new();
     if form {
-        let mut pairs = delivery::form_pairs(body);
+        let mut pairs: Vec<(String, String)> = crate::body::form_pairs(body).collect();
         pairs.sort();
         pairs.dedup();
         for (name, value) in pairs {
