@@ -200,10 +200,18 @@ impl FlowsBuilder {
             None => None,
         };
         let verify = match entry.verify {
-            Some(verify) => Some(
-                verify::compile(verify, &self.environment)
-                    .map_err(|(field, problem)| schema::error(at(&format!("verify.{field}")), problem))?,
-            ),
+            Some(raw) => {
+                let located = |(field, problem): (String, String)| {
+                    let field = if field.is_empty() {
+                        "verify".into()
+                    } else {
+                        format!("verify.{field}")
+                    };
+                    schema::error(at(&field), problem)
+                };
+                let entry = schema::read_verify(&raw).map_err(located)?;
+                Some(verify::compile(entry, &self.environment).map_err(located)?)
+            }
             None => None,
         };
         let tokens = entry.token_sha256.map(|t| t.into_vec()).unwrap_or_default();
