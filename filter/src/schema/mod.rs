@@ -87,8 +87,8 @@ pub struct FlowEntry {
     pub max_body_bytes: Option<BodyLimit>,
     /// The flow's webhook response.
     pub response: Option<ResponseEntry>,
-    /// Sender verification: the provider's signature scheme and keys (contract 7). Kept raw
-    /// here and read by [`read_verify`]: one reading of it in the wasm, not two.
+    /// Sender verification: the provider's signature scheme and keys (contract 7).
+    // Kept raw here and read by `read_verify`: one reading of it in the wasm, not two.
     #[cfg_attr(feature = "schema", schemars(with = "Option<crate::verify::VerifyEntry>"))]
     pub verify: Option<Box<RawValue>>,
 }
