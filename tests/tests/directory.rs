@@ -535,7 +535,7 @@ fn flows_appear_after_the_first_fetch() {
     let response = webhook(&envoy, "f-1003", Some(&f1003));
     assert_eq!(response.status, 200, "async f-1003: {}", describe(&response));
     assert_eq!(envelope(&response).message, "Flow run scheduled");
-    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 6);
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
     assert!(envoy.stat(&stat("directory.fetch_ok")) >= 1);
     assert!(
         unavailable > STREAK as u64,
@@ -601,7 +601,7 @@ fn static_flows_apply_until_the_first_load_then_the_directory_replaces_them() {
         || webhook(&envoy, "f-1003", Some(&f1003)),
         |r| r.status == 200 && envelope(r).message == "Flow run scheduled",
     );
-    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 6);
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -757,7 +757,7 @@ fn a_failing_or_garbage_directory_keeps_the_last_good_set() {
     let executor = Executor::demo();
     let server = DirectoryServer::bind(0, Answer::Relay(executor.port()));
     let envoy = directory_stack(&executor, Some(server.port));
-    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 6);
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
     let (f1001, f1003) = (token("f-1001"), token("f-1003"));
     // The loaded directory, served again between bad answers: a 304 that keeps the set and
     // resets the backoff of failed fetches, so that no good fetch with the changes slips in.
@@ -844,7 +844,7 @@ fn a_failing_or_garbage_directory_keeps_the_last_good_set() {
             // Still admitted by the filter; the executor no longer knows it (404 -> executor_error).
             |r| edge_reply(r, 502, "executor_error"),
         );
-        assert_eq!(envoy.stat(&stat("directory.flows_loaded")), 6, "{what}: flows_loaded");
+        assert_eq!(envoy.stat(&stat("directory.flows_loaded")), 5, "{what}: flows_loaded");
     }
     println!(
         "bad directory answers: fetch_failed = {}, fetch_ok still {ok_before}",
@@ -866,7 +866,7 @@ fn a_failing_or_garbage_directory_keeps_the_last_good_set() {
         || webhook(&envoy, "f-1003", Some(&f1003)),
         |r| edge_reply(r, 404, "not_found"),
     );
-    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 4);
 }
 
 /// contract 4: an entry that fails validation is skipped and logged; its last valid version stays
@@ -911,7 +911,7 @@ fn an_invalid_entry_is_skipped_and_its_last_valid_version_stays() {
         |r| edge_reply(r, 404, "not_found"),
     );
     wait_for_stat(&envoy, &stat("directory.entries_rejected"), 2);
-    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 6);
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
     let log = envoy.log();
     for (id, field) in [("f-1001", "status"), ("f-bad", "token_sha256")] {
         assert!(
@@ -952,7 +952,7 @@ fn an_invalid_entry_is_skipped_and_its_last_valid_version_stays() {
         paused,
     );
     wait_for_stat(&envoy, &stat("directory.entries_rejected"), 0);
-    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 6);
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
 }
 
 /// docs/operations.md: in steady state one fetch per interval per Envoy process (whichever VM
@@ -1059,7 +1059,7 @@ fn an_unchanged_directory_is_fetched_once_per_interval_and_answered_304() {
 fn request_and_directory_metrics_move() {
     let executor = Executor::demo();
     let envoy = directory_stack(&executor, None);
-    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 6);
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
     assert_eq!(envoy.stat(&stat("directory.entries_rejected")), 0);
     assert!(envoy.stat(&stat("directory.fetch_ok")) >= 1);
 
@@ -1119,7 +1119,7 @@ fn request_and_directory_metrics_move() {
     };
     assert_eq!(
         value("flowgate_directory_flows_loaded").as_deref(),
-        Some("6"),
+        Some("5"),
         "in /stats/prometheus"
     );
     assert_eq!(value("flowgate_directory_entries_rejected").as_deref(), Some("0"));
@@ -1128,7 +1128,7 @@ fn request_and_directory_metrics_move() {
 
     // Removing a flow in the directory moves the gauge.
     send(executor.port(), "DELETE", "/_executor/flows/f-1005", &[], b"");
-    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 4);
 
     assert_eq!(got, expected, "counter deltas for {names:?}");
     assert!(value("flowgate_requests_unauthorized").is_some_and(|v| v.parse::<u64>().unwrap_or(0) >= 3));
@@ -1193,7 +1193,7 @@ fn a_directory_of_100k_flows_loads_without_stalling_requests() {
         |r| edge_reply(r, 404, "not_found"),
     );
     let flows = document["flows"].as_array_mut().expect("flows");
-    assert_eq!(flows.len(), 6);
+    assert_eq!(flows.len(), 5);
     flows.extend((0..GENERATED).map(generated));
     let total = flows.len() as u64;
     let body = serde_json::to_vec(&document).expect("serialise");

@@ -291,10 +291,18 @@ fn keys_from_envoys_environment_verify_and_stay_out_of_the_config_dump() {
     assert!(admin_get(inline.admin_port(), "/config_dump").unwrap().contains(secret));
 }
 
-/// The README's signed curl against the demo flows (`f-1006`, signed like GitHub).
+/// The README's signed curl against the demo's flows, as scripts/run.sh serves them:
+/// examples/flows.json and examples/signed-flows.json (`f-1006`, signed like GitHub).
 #[test]
 fn the_demos_signed_flow_answers_the_readmes_curl() {
-    let stack = Stack::demo();
+    let mut flows = demo_flows();
+    let text = std::fs::read_to_string(repo_root().join("examples/signed-flows.json")).unwrap();
+    let signed: Value = serde_json::from_str(&text).unwrap();
+    flows["flows"]
+        .as_array_mut()
+        .unwrap()
+        .extend(signed["flows"].as_array().unwrap().iter().cloned());
+    let stack = Stack::start(&flows);
     let signature = (
         "x-hub-signature-256",
         "sha256=435e4b7407bdb36c1147a3db30d2173a04ed8c6074363d34bb6fac0e024d8f35",
