@@ -78,11 +78,11 @@ impl Admission {
         self.body != BodyUse::Stream || content_length.is_none() || self.flow.verify.is_some()
     }
 
-    /// Keeps the request facts a flow with `verify` checks once the body is in;
-    /// `now_s` is when the head arrived (Unix seconds).
-    pub fn capture(&mut self, headers: &[(&[u8], &[u8])], now_s: u64) {
+    /// Keeps the request facts a flow with `verify` checks once the body is in, and when
+    /// the head arrived (`now_s`: Unix seconds, asked only for such a flow).
+    pub fn capture(&mut self, headers: &[(&[u8], &[u8])], now_s: impl FnOnce() -> u64) {
         if self.flow.verify.is_some() {
-            self.sender = Some(Box::new(Delivery::new(headers, now_s)));
+            self.sender = Some(Box::new(Delivery::new(headers, now_s())));
         }
     }
 

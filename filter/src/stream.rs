@@ -122,7 +122,7 @@ impl Stream {
             }
             Verdict::Admit(admission) => admission,
         };
-        admission.capture(&headers, host.unix_time_s());
+        admission.capture(&headers, || host.unix_time_s());
         host.set_request_header("authorization", None);
         for (name, value) in admission.forward_headers() {
             host.set_request_header(name, Some(value));
