@@ -317,3 +317,40 @@ fn the_demos_signed_flow_answers_the_readmes_curl() {
     assert_eq!(envelope.message, "signature check failed: no key of this flow matches");
     assert_eq!(stack.executor.requests().len(), 1);
 }
+
+/// Contract 6 for signed flows: a delivery chunked without Content-Length, or over HTTP/2,
+/// is verified over the whole body, and runs once with it unchanged.
+#[test]
+fn signed_deliveries_are_verified_however_they_arrive() {
+    let vectors = vectors(now());
+    let stack = Stack::start(&signed_flows(&vectors, "live"));
+    for name in ["github", "stripe", "standard-webhooks", "sendgrid"] {
+        let scheme = schemes(&vectors).iter().find(|s| self::name(s) == name).unwrap();
+        let request = &scheme["new"];
+        let body = request["body"].as_str().unwrap().as_bytes();
+        let headers: Vec<(&str, &str)> = request["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| !h[0].as_str().unwrap().starts_with(':'))
+            .map(|h| (h[0].as_str().unwrap(), h[1].as_str().unwrap()))
+            .collect();
+        let path = format!("/v1/flow-webhook/s-{name}");
+        let (head, tail) = body.split_at(body.len() / 2);
+        for how in ["chunked", "h2"] {
+            stack.executor.clear_requests();
+            let response = match how {
+                "chunked" => send_chunked(stack.envoy.port(), "POST", &path, &headers, &[head, tail]),
+                _ => send_h2(stack.envoy.port(), "POST", &path, &headers, body),
+            };
+            assert_eq!(response.status, 200, "{name} {how}: {:?}", response.text());
+            assert_eq!(recorded_body(&stack.executor.only_request()), body, "{name} {how}");
+        }
+        stack.executor.clear_requests();
+        let changed = with_changed_byte(request);
+        let changed = changed["body"].as_str().unwrap().as_bytes();
+        let response = send_h2(stack.envoy.port(), "POST", &path, &headers, changed);
+        assert_invalid_signature(&response, &format!("{name} over h2, one byte changed"));
+        stack.executor.assert_received_nothing("a changed delivery over h2");
+    }
+}
