@@ -25,7 +25,7 @@ export PATH="$root/.tools/bin:$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 cargo_fuzz_version="0.13.2"
-targets_all=(config decide auth render wire template)
+targets_all=(config decide auth render wire template verify)
 
 seconds=60
 smoke=0

@@ -36,8 +36,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo; step "stopping"; exit 0' INT TERM
 
+# The executor serves the demo flows and the signed one (examples/signed-flows.json) as one file.
+.venv/bin/python -c 'import json, sys
+demo, signed = (json.load(open(f)) for f in sys.argv[1:3])
+demo["flows"] += signed["flows"]
+json.dump(demo, open(sys.argv[3], "w"), indent=2)' examples/flows.json examples/signed-flows.json "$work/flows.json"
+
 step "start the executor on 127.0.0.1:8081 (log: $work/executor.log)"
-target/release/flowgate-executor --listen 127.0.0.1:8081 --flows examples/flows.json \
+target/release/flowgate-executor --listen 127.0.0.1:8081 --flows "$work/flows.json" \
   --db "$work/runs.sqlite3" >"$work/executor.log" 2>&1 &
 pids+=($!)
 
@@ -65,7 +71,7 @@ wait_for() {
 wait_for executor http://127.0.0.1:8081/_executor/health '"ok"' "$work/executor.log" "${pids[0]}"
 wait_for Envoy http://127.0.0.1:9901/ready LIVE "$work/envoy.log" "${pids[1]}"
 wait_for "the flow directory" "http://127.0.0.1:9901/stats?filter=directory.flows_loaded" \
-  "flows_loaded: 5" "$work/envoy.log" "${pids[1]}"
+  "flows_loaded: 6" "$work/envoy.log" "${pids[1]}"
 
 token() {
   .venv/bin/python -c 'import json,sys; print(json.load(open("examples/flows.json"))["_demo_tokens"][sys.argv[1]][0])' "$1"
@@ -98,6 +104,14 @@ demo "admitted sync request (f-1001): the executor runs the flow, flowgate rende
   http://127.0.0.1:10000/v1/flow-webhook/f-1001 -H "Authorization: Bearer $t1001" -H 'content-type: application/json' -d '{"company_id":123456,"user_id":789123}'
 demo "admitted async request (f-1003): answered as soon as the run is queued" \
   http://127.0.0.1:10000/v1/flow-webhook/f-1003 -H "Authorization: Bearer $t1003" -H 'content-type: application/json' -d '{"company_id":123456,"user_id":789123}'
+# f-1006 is signed like a GitHub webhook: HMAC-SHA256 of the body with the flow's (public demo) secret.
+secret1006="$(.venv/bin/python -c 'import json; print(json.load(open("examples/signed-flows.json"))["flows"][0]["verify"]["secrets"][0])')"
+body1006='{"action":"opened","number":1}'
+sig1006="sha256=$(.venv/bin/python -c 'import hashlib,hmac,sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).hexdigest())' "$secret1006" "$body1006")"
+demo "a signed delivery (f-1006, scheme github): verified at the edge, no bearer token" \
+  http://127.0.0.1:10000/v1/flow-webhook/f-1006 -H "X-Hub-Signature-256: $sig1006" -H 'content-type: application/json' -d "$body1006"
+demo "the same delivery with one byte changed: 401 invalid_signature, never forwarded" \
+  http://127.0.0.1:10000/v1/flow-webhook/f-1006 -H "X-Hub-Signature-256: $sig1006" -H 'content-type: application/json' -d '{"action":"opened","number":2}'
 demo "what the executor received (no Authorization; x-flowgate-* headers added by the filter)" \
   http://127.0.0.1:8081/_executor/requests
 demo "pause f-1001 in the flow directory (the executor serves it; Envoy is not touched)" \

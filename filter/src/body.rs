@@ -58,22 +58,54 @@ pub fn bind(content_type: Option<&[u8]>, body: &[u8]) -> Value {
 
 /// `a=1&b=x+y` -> `{"a": "1", "b": "x y"}`; a repeated field keeps its last value.
 fn form_fields(body: &[u8]) -> Value {
-    let fields: std::collections::BTreeMap<String, String> = body
-        .split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let mut parts = pair.splitn(2, |&b| b == b'=');
-            let name = form_decode(parts.next().unwrap_or_default());
-            let value = form_decode(parts.next().unwrap_or_default());
-            (name, value)
-        })
-        .collect();
+    let fields: std::collections::BTreeMap<String, String> = form_pairs(body).collect();
     Value::from_serialize(fields)
+}
+
+/// `a=1&b=x+y` -> `("a", "1")`, `("b", "x y")`: decoded form fields in order.
+pub fn form_pairs(body: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
+    body.split(|&b| b == b'&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let mut parts = pair.splitn(2, |&b| b == b'=');
+        let name = form_decode(parts.next().unwrap_or_default());
+        let value = form_decode(parts.next().unwrap_or_default());
+        (name, value)
+    })
 }
 
 fn form_decode(raw: &[u8]) -> String {
     let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
     String::from_utf8_lossy(&percent_decode(&spaced)).into_owned()
+}
+
+/// What an admitted body goes through: a JSON body (by its content type) must parse;
+/// a body the response template reads (as `<ref_id>`) is kept; a JSON one is parsed once, for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyUse {
+    /// Nothing: the body streams to the executor.
+    Stream,
+    CheckJson,
+    /// Kept as the template sees a non-JSON body (form fields or text).
+    Bind,
+    ParseJson,
+}
+
+impl BodyUse {
+    pub fn of(json: bool, kept: bool) -> BodyUse {
+        match (json, kept) {
+            (false, false) => BodyUse::Stream,
+            (true, false) => BodyUse::CheckJson,
+            (false, true) => BodyUse::Bind,
+            (true, true) => BodyUse::ParseJson,
+        }
+    }
+
+    pub fn is_json(self) -> bool {
+        matches!(self, BodyUse::CheckJson | BodyUse::ParseJson)
+    }
+
+    pub fn is_kept(self) -> bool {
+        matches!(self, BodyUse::Bind | BodyUse::ParseJson)
+    }
 }
 
 #[cfg(test)]

@@ -144,7 +144,10 @@ mod tests {
         let twice = PluginConfig::parse(br#"{"max_body_bytes": 1, "max_body_bytes": 2}"#).unwrap_err();
         assert_eq!(twice.to_string(), "configuration.max_body_bytes: appears twice");
         let missing = problem(serde_json::json!({"flows": [{"id": "f-1", "ref_id": "w", "status": "live"}]}));
-        assert_eq!(missing, "flows[0] (id \"f-1\").token_sha256: is required");
+        assert_eq!(
+            missing,
+            "flows[0] (id \"f-1\").token_sha256: is required unless the flow has verify"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use crate::auth::TokenDigest;
 use crate::render::{self, ResponseTemplate};
 use crate::schema::{self, ConfigError, FlowEntry, FlowStatus, DEFAULT_CONTENT_TYPE};
+use crate::verify::{self, Verifier};
 
 /// Entries built per step: a few milliseconds of work, so requests between directory
 /// loading steps are never held up for long, and a configuration's flows are never held
@@ -45,6 +46,8 @@ pub struct Flow {
     pub allow: String,
     pub max_body_bytes: u64,
     pub response: Option<ResponseTemplate>,
+    /// Sender verification; with it, `tokens` may be empty.
+    pub verify: Option<Verifier>,
 }
 
 /// The set of flows in force, by id.
@@ -89,11 +92,22 @@ impl PartialFlows {
 /// Builds a flow set from JSON flow entries, checking their templates (one environment per chunk).
 pub struct FlowsBuilder {
     default_max_body_bytes: u64,
+    /// Reads `verify.secret_env`: the process environment (under WASI, Envoy's `host_env_keys`).
+    environment: fn(&str) -> Option<String>,
 }
 
 impl FlowsBuilder {
     pub fn new(default_max_body_bytes: u64) -> Self {
-        FlowsBuilder { default_max_body_bytes }
+        FlowsBuilder {
+            default_max_body_bytes,
+            environment: |name| std::env::var(name).ok(),
+        }
+    }
+
+    /// Reads `secret_env` from `environment` instead of the process environment.
+    pub fn with_environment(mut self, environment: fn(&str) -> Option<String>) -> Self {
+        self.environment = environment;
+        self
     }
 
     /// All entries must be valid; the first problem is the error.
@@ -185,13 +199,48 @@ impl FlowsBuilder {
             }
             None => None,
         };
+        let verify = match entry.verify {
+            Some(raw) => {
+                let located = |(field, problem): (String, String)| {
+                    let field = if field.is_empty() {
+                        "verify".into()
+                    } else {
+                        format!("verify.{field}")
+                    };
+                    schema::error(at(&field), problem)
+                };
+                let entry = schema::read_verify(&raw).map_err(located)?;
+                Some(verify::compile(entry, &self.environment).map_err(located)?)
+            }
+            None => None,
+        };
+        let tokens = entry.token_sha256.map(|t| t.into_vec()).unwrap_or_default();
+        match &verify {
+            None if tokens.is_empty() => {
+                return Err(schema::error(
+                    at("token_sha256"),
+                    "is required unless the flow has verify".into(),
+                ));
+            }
+            Some(v) if v.reads_authorization() && !tokens.is_empty() => {
+                return Err(schema::error(
+                    at("token_sha256"),
+                    format!(
+                        "cannot be used with verify.scheme {}, which reads Authorization itself",
+                        v.scheme.as_str()
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let methods = entry
             .methods
             .map_or_else(|| vec!["POST".to_string()], |methods| methods.into_vec());
         Ok(Flow {
             allow: methods.join(", "),
             status: entry.status,
-            tokens: entry.token_sha256.into_vec(),
+            tokens,
+            verify,
             mode,
             methods,
             max_body_bytes: entry.max_body_bytes.map_or(self.default_max_body_bytes, |l| l.get()),
@@ -241,7 +290,7 @@ mod tests {
             problems,
             [
                 "flows[0] (id \"f-1\").status: must be \"draft\", \"live\" or \"paused\", not \"bogus\"",
-                "flows[2] (id \"f-3\").tokens: unknown field (known: id, ref_id, status, token_sha256, async, methods, max_body_bytes, response)",
+                "flows[2] (id \"f-3\").tokens: unknown field (known: id, ref_id, status, token_sha256, async, methods, max_body_bytes, response, verify)",
                 "flows[3] (id \"?\"): must be a JSON object",
             ]
         );

@@ -7,10 +7,12 @@ use minijinja::Value;
 
 use crate::auth::{self, Credentials};
 use crate::body;
+pub use crate::body::BodyUse;
 use crate::flows::{Flow, Flows};
 use crate::reply::Refusal;
 use crate::route::{self, Route};
 use crate::schema::FlowStatus;
+use crate::verify::{self, Delivery, Verifier};
 
 /// Header-name prefix flowgate owns: removed from every request, set only by flowgate.
 pub const OWN_HEADER_PREFIX: &[u8] = b"x-flowgate-";
@@ -65,44 +67,23 @@ pub enum Verdict<'p> {
 pub struct Admission {
     pub flow: Rc<Flow>,
     pub body: BodyUse,
-}
-
-/// What an admitted body goes through: a JSON body (by its content type) must parse;
-/// a body the response template reads (as `<ref_id>`) is kept; a JSON one is parsed once, for both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyUse {
-    /// Nothing: the body streams to the executor.
-    Stream,
-    CheckJson,
-    /// Kept as the template sees a non-JSON body (form fields or text).
-    Bind,
-    ParseJson,
-}
-
-impl BodyUse {
-    fn of(json: bool, kept: bool) -> BodyUse {
-        match (json, kept) {
-            (false, false) => BodyUse::Stream,
-            (true, false) => BodyUse::CheckJson,
-            (false, true) => BodyUse::Bind,
-            (true, true) => BodyUse::ParseJson,
-        }
-    }
-
-    pub fn is_json(self) -> bool {
-        matches!(self, BodyUse::CheckJson | BodyUse::ParseJson)
-    }
-
-    pub fn is_kept(self) -> bool {
-        matches!(self, BodyUse::Bind | BodyUse::ParseJson)
-    }
+    /// What the flow's sender check reads (flows with `verify`), kept from the head.
+    pub sender: Option<Box<Delivery>>,
 }
 
 impl Admission {
     /// Whether the body must be held and read before forwarding. A body of known,
     /// acceptable length that nobody needs streams straight through.
     pub fn must_read_body(&self, content_length: Option<u64>) -> bool {
-        self.body != BodyUse::Stream || content_length.is_none()
+        self.body != BodyUse::Stream || content_length.is_none() || self.flow.verify.is_some()
+    }
+
+    /// Keeps the request facts a flow with `verify` checks once the body is in, and when
+    /// the head arrived (`now_s`: Unix seconds, asked only for such a flow).
+    pub fn capture(&mut self, headers: &[(&[u8], &[u8])], now_s: impl FnOnce() -> u64) {
+        if self.flow.verify.is_some() {
+            self.sender = Some(Box::new(Delivery::new(headers, now_s())));
+        }
     }
 
     /// Checks a growing body's size; called as it arrives.
@@ -120,6 +101,14 @@ impl Admission {
     /// is parsed once, for both.
     pub fn check_body(&self, content_type: Option<&[u8]>, bytes: &[u8]) -> Result<Value, Refusal> {
         self.check_size(bytes.len() as u64)?;
+        if self.flow.verify.is_some() {
+            // Fails closed: without captured facts every signature header is missing.
+            verify::check(
+                &self.flow,
+                self.sender.as_deref().unwrap_or(&Delivery::default()),
+                bytes,
+            )?;
+        }
         let invalid = |detail| Refusal::InvalidBody { detail };
         match self.body {
             BodyUse::ParseJson => body::parse_json(bytes).map_err(invalid),
@@ -173,13 +162,19 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
     let Some(flow) = flows.get(flow_id) else {
         return refuse(Refusal::NotFound);
     };
-    if !flow.methods.iter().any(|m| m.as_bytes() == head.method) {
+    // A signed flow's provider may prove the endpoint with a GET, whatever the flow's methods.
+    let handshake_get = head.method == b"GET" && flow.verify.as_ref().is_some_and(Verifier::answers_get);
+    if !handshake_get && !flow.methods.iter().any(|m| m.as_bytes() == head.method) {
         return refuse(Refusal::MethodNotAllowed {
             allow: flow.allow.clone(),
         });
     }
+    // With `verify`, the signature is checked once the body is in (verify::check), and the
+    // flow's status only revealed after it.
+    let signed = flow.verify.is_some();
     let credentials = auth::parse(head.authorization.iter().copied());
     let authorised = match credentials {
+        _ if signed && flow.tokens.is_empty() => true,
         Credentials::Bearer(token) => auth::matches_any(&auth::digest(token), &flow.tokens),
         Credentials::Missing | Credentials::Malformed => false,
     };
@@ -188,7 +183,7 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
             token_presented: credentials.token_presented(),
         });
     }
-    if flow.status == FlowStatus::Paused {
+    if flow.status == FlowStatus::Paused && !signed {
         return refuse(Refusal::Paused);
     }
     let admission = Admission {
@@ -197,6 +192,7 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
             head.content_type.is_some_and(body::is_json),
             flow.response.as_ref().is_some_and(|r| r.reads_request_body),
         ),
+        sender: None,
     };
     if let Some(length) = head.content_length {
         if let Err(too_large) = admission.check_size(length) {

@@ -17,6 +17,7 @@ pub mod reply;
 pub mod route;
 pub mod schema;
 pub mod stream;
+pub mod verify;
 pub mod wire;
 
 // Unit tests run under wasm32-wasip1 too (scripts/wasi-run.mjs), as plain WASI programs

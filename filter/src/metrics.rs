@@ -3,6 +3,7 @@
 
 use crate::flows::Mode;
 use crate::reply::Code;
+use crate::verify::Reason;
 
 /// Counters, shared by every worker of an Envoy process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -15,6 +16,8 @@ pub enum Counter {
     Rendered,
     /// A reply made at the edge, by its envelope `error` code.
     Refused(Code),
+    /// A delivery refused `invalid_signature`, by which check failed.
+    InvalidSignature(Reason),
     /// Directory answers with a flow list.
     FetchOk,
     FetchNotModified,
@@ -41,7 +44,10 @@ impl Counter {
             Counter::FetchNotModified,
             Counter::FetchFailed,
         ];
-        fixed.into_iter().chain(Code::ALL.into_iter().map(Counter::Refused))
+        fixed
+            .into_iter()
+            .chain(Code::ALL.into_iter().map(Counter::Refused))
+            .chain(Reason::ALL.into_iter().map(Counter::InvalidSignature))
     }
 
     pub fn name(self) -> String {
@@ -51,6 +57,7 @@ impl Counter {
             Counter::Admitted(mode) => request(&format!("admitted_{}", mode.as_str())),
             Counter::Rendered => request("answered"),
             Counter::Refused(code) => request(code.as_str()),
+            Counter::InvalidSignature(reason) => format!("flowgate.verify.invalid_signature_{}", reason.as_str()),
             Counter::FetchOk => "flowgate.directory.fetch_ok".into(),
             Counter::FetchNotModified => "flowgate.directory.fetch_not_modified".into(),
             Counter::FetchFailed => "flowgate.directory.fetch_failed".into(),
@@ -80,6 +87,9 @@ mod tests {
         assert!(names.contains(&"flowgate.requests.admitted_async".to_string()));
         assert!(names.contains(&"flowgate.requests.biz_logic".to_string()));
         assert!(names.contains(&"flowgate.directory.fetch_failed".to_string()));
+        assert!(names.contains(&"flowgate.requests.invalid_signature".to_string()));
+        assert!(names.contains(&"flowgate.requests.handshake".to_string()));
+        assert!(names.contains(&"flowgate.verify.invalid_signature_stale".to_string()));
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();

@@ -43,6 +43,12 @@ pub enum Refusal {
         detail: String,
     },
     DirectoryUnavailable,
+    /// A flow with `verify` whose delivery failed its signature check (contract 7).
+    InvalidSignature {
+        failure: crate::verify::Failure,
+    },
+    /// A provider's handshake, answered at the edge as the provider expects (not an envelope).
+    Handshake(Reply),
 }
 
 /// A complete HTTP answer: status, extra headers and the body bytes.
@@ -77,10 +83,13 @@ pub enum Code {
     ExecutorTimeout,
     TemplateError,
     DirectoryUnavailable,
+    InvalidSignature,
+    /// Not an error: a provider handshake answered at the edge (named for its metric).
+    Handshake,
 }
 
 impl Code {
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 15] = [
         Code::InvalidRequest,
         Code::InvalidPath,
         Code::NotFound,
@@ -94,6 +103,8 @@ impl Code {
         Code::ExecutorTimeout,
         Code::TemplateError,
         Code::DirectoryUnavailable,
+        Code::InvalidSignature,
+        Code::Handshake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +122,8 @@ impl Code {
             Code::ExecutorTimeout => "executor_timeout",
             Code::TemplateError => "template_error",
             Code::DirectoryUnavailable => "directory_unavailable",
+            Code::InvalidSignature => "invalid_signature",
+            Code::Handshake => "handshake",
         }
     }
 }
@@ -119,7 +132,8 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::UnreadableRequest | Refusal::InvalidPath | Refusal::InvalidBody { .. } => 400,
-            Refusal::Unauthorized { .. } => 401,
+            Refusal::Unauthorized { .. } | Refusal::InvalidSignature { .. } => 401,
+            Refusal::Handshake(reply) => reply.status,
             Refusal::NotFound => 404,
             Refusal::MethodNotAllowed { .. } => 405,
             Refusal::PayloadTooLarge { .. } => 413,
@@ -147,10 +161,15 @@ impl Refusal {
             Refusal::ExecutorTimeout => Code::ExecutorTimeout,
             Refusal::TemplateError { .. } => Code::TemplateError,
             Refusal::DirectoryUnavailable => Code::DirectoryUnavailable,
+            Refusal::InvalidSignature { .. } => Code::InvalidSignature,
+            Refusal::Handshake(_) => Code::Handshake,
         }
     }
 
     pub fn reply(&self) -> Reply {
+        if let Refusal::Handshake(reply) = self {
+            return reply.clone();
+        }
         let mut headers = vec![("content-type", "application/json".to_string())];
         if let Refusal::Paused = self {
             return Reply {
@@ -204,7 +223,8 @@ impl Refusal {
                 headers.push(("retry-after", RETRY_AFTER_SECONDS.to_string()));
                 "flows are not loaded yet; retry later".into()
             }
-            Refusal::Paused => "".into(),
+            Refusal::InvalidSignature { failure } => failure.message().into(),
+            Refusal::Paused | Refusal::Handshake(_) => "".into(),
         };
         let envelope = Envelope {
             status: self.status(),

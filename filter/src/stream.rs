@@ -106,7 +106,7 @@ impl Stream {
             }
         }
         let head = RequestHead::from_headers(&headers);
-        let admission = match gate::decide(site.prefix, site.flows, &head) {
+        let mut admission = match gate::decide(site.prefix, site.flows, &head) {
             Verdict::Pass => {
                 host.count(Counter::Passed);
                 self.phase = Phase::Passing;
@@ -130,6 +130,7 @@ impl Stream {
             }
             Verdict::Admit(admission) => admission,
         };
+        admission.capture(&headers, || host.unix_time_s());
         host.set_request_header("authorization", None);
         for (name, value) in admission.forward_headers() {
             host.set_request_header(name, Some(value));
@@ -371,6 +372,9 @@ impl Stream {
 
     fn refuse(&mut self, host: &mut impl Host, refusal: Refusal) -> Action {
         host.count(Counter::Refused(refusal.code()));
+        if let Refusal::InvalidSignature { failure } = &refusal {
+            host.count(Counter::InvalidSignature(failure.reason()));
+        }
         self.send(host, &refusal.reply())
     }
 

@@ -94,13 +94,22 @@ type Mutation = fn(&mut Value);
 #[test]
 fn the_schema_refuses_what_flowgate_refuses() {
     let validator = validator();
-    let bad: [(&str, Mutation); 14] = [
+    let bad: [(&str, Mutation); 17] = [
         ("unknown top-level field", |c| c["flow"] = json!([])),
         ("misspelt flow field", |c| c["flows"][0]["tokens"] = json!([])),
         ("digest not hex", |c| {
             c["flows"][0]["token_sha256"][0] = json!("not-a-digest")
         }),
         ("no digest", |c| c["flows"][0]["token_sha256"] = json!([])),
+        ("neither a digest nor verify", |c| {
+            c["flows"][0].as_object_mut().unwrap().remove("token_sha256");
+        }),
+        ("unknown verify scheme", |c| {
+            c["flows"][0]["verify"] = json!({"scheme": "github-v2", "secrets": ["s"]})
+        }),
+        ("verify without a scheme", |c| {
+            c["flows"][0]["verify"] = json!({"secrets": ["s"]})
+        }),
         ("flow id with a slash", |c| c["flows"][0]["id"] = json!("a/b")),
         ("flow id '..'", |c| c["flows"][0]["id"] = json!("..")),
         ("ref_id not an identifier", |c| c["flows"][0]["ref_id"] = json!("1web")),

@@ -61,6 +61,10 @@ pub struct PluginEntry<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(extend("anyOf" = [{"required": ["token_sha256"]}, {"required": ["verify"]}]))
+)]
 pub struct FlowEntry {
     /// The `{flow_id}` path segment; unique.
     pub id: FlowId,
@@ -69,8 +73,9 @@ pub struct FlowEntry {
     pub ref_id: RefId,
     /// Paused flows are answered at the edge.
     pub status: FlowStatus,
-    /// SHA-256 digests (64 lowercase hex) of the accepted bearer tokens.
-    pub token_sha256: TokenDigests,
+    /// SHA-256 digests (64 lowercase hex) of the accepted bearer tokens; required unless the
+    /// flow has `verify` (with both, both must pass).
+    pub token_sha256: Option<TokenDigests>,
     /// Answer once the executor has queued the run (default false).
     #[serde(rename = "async")]
     #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
@@ -82,6 +87,10 @@ pub struct FlowEntry {
     pub max_body_bytes: Option<BodyLimit>,
     /// The flow's webhook response.
     pub response: Option<ResponseEntry>,
+    /// Sender verification: the provider's signature scheme and keys (contract 7).
+    // Kept raw here and read by `read_verify`: one reading of it in the wasm, not two.
+    #[cfg_attr(feature = "schema", schemars(with = "Option<crate::verify::VerifyEntry>"))]
+    pub verify: Option<Box<RawValue>>,
 }
 
 /// A flow's webhook response: its status, content type and Jinja2 body template.
@@ -149,6 +158,17 @@ pub fn read_flow(index: usize, text: &[u8]) -> Result<FlowEntry, ConfigError> {
         Failure::Data(path, problem) if path.is_empty() => error(at(), problem),
         Failure::Data(path, problem) => error(format!("{}.{path}", at()), problem),
         Failure::Json(e) => error(at(), format!("not valid JSON: {e}")),
+    })
+}
+
+/// Reads a flow's `verify`; an error is `(path under verify, problem)`.
+pub fn read_verify(text: &RawValue) -> Result<crate::verify::VerifyEntry, (String, String)> {
+    if !is_object(text.get().as_bytes()) {
+        return Err((String::new(), "must be a JSON object".into()));
+    }
+    read(text.get().as_bytes()).map_err(|failure| match failure {
+        Failure::Data(path, problem) => (path, problem),
+        Failure::Json(e) => (String::new(), format!("not valid JSON: {e}")),
     })
 }
 

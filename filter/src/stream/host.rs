@@ -36,6 +36,13 @@ pub trait Host {
     /// Answers the sender with a local reply.
     fn send(&mut self, reply: &Reply);
     fn count(&mut self, counter: Counter);
+    /// Unix seconds now, for signed timestamps. Under WASI the clock is Envoy's
+    /// (`clock_time_get`), so the proxy-wasm host needs no call of its own.
+    fn unix_time_s(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs())
+    }
 }
 
 /// What every stream of a VM reads when a request head arrives.

@@ -469,3 +469,4 @@ fn flowgates_own_reply_passes_back_untouched_and_the_request_stays_held() {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod properties;
+mod signed;

@@ -149,6 +149,9 @@ pub struct EnvoyOptions {
     pub listener_from_file: bool,
     /// The listener's routes; default: every path to the executor, through the filter.
     pub routes: Option<Value>,
+    /// Environment variables Envoy runs with, each listed in the VM's
+    /// `environment_variables.host_env_keys` (flows' `verify.secret_env`).
+    pub host_env: Vec<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -171,6 +174,7 @@ impl EnvoyOptions {
             runtime: Vec::new(),
             listener_from_file: false,
             routes: None,
+            host_env: Vec::new(),
         }
     }
 
@@ -218,6 +222,11 @@ impl EnvoyOptions {
         self
     }
 
+    pub fn host_env(mut self, name: &str, value: &str) -> EnvoyOptions {
+        self.host_env.push((name.to_string(), value.to_string()));
+        self
+    }
+
     pub fn listener_from_file(mut self) -> EnvoyOptions {
         self.listener_from_file = true;
         self
@@ -242,6 +251,11 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
             }
         });
     }
+    let mut filter = wasm_filter(&filter_wasm(), &opts.plugin_config.text());
+    if !opts.host_env.is_empty() {
+        let keys: Vec<&str> = opts.host_env.iter().map(|(name, _)| name.as_str()).collect();
+        filter["typed_config"]["config"]["vm_config"]["environment_variables"] = json!({"host_env_keys": keys});
+    }
     let listener = http_listener(
         "flowgate",
         0,
@@ -249,7 +263,7 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
         opts.routes
             .clone()
             .unwrap_or_else(|| route_all_to("flow_executor", opts.route_timeout)),
-        vec![wasm_filter(&filter_wasm(), &opts.plugin_config.text())],
+        vec![filter],
     );
     let directory = cluster("flow_directory", opts.directory_port.unwrap_or(opts.executor_port));
     let mut bootstrap = static_bootstrap(0, vec![listener], vec![executor, directory]);

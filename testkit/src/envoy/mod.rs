@@ -48,6 +48,17 @@ impl Process {
     /// Starts `binary -c config` with `concurrency` workers, pinned to `cpu` (with `taskset`) if
     /// given, from the repository root.
     pub fn spawn(binary: &Path, config: &Path, concurrency: u32, cpu: Option<u32>) -> Result<Process, String> {
+        Process::spawn_with_env(binary, config, concurrency, cpu, &[])
+    }
+
+    /// [`Process::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        binary: &Path,
+        config: &Path,
+        concurrency: u32,
+        cpu: Option<u32>,
+        env: &[(String, String)],
+    ) -> Result<Process, String> {
         let log = config.with_extension("log");
         let admin_address = config.with_extension("admin");
         let log_file = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -71,6 +82,7 @@ impl Process {
             .arg("--disable-hot-restart")
             .arg("--admin-address-path")
             .arg(&admin_address)
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -198,7 +210,8 @@ fn launch(opts: &EnvoyOptions) -> (Process, TempDir) {
             json!({"lds_config": {"path_config_source": {"path": lds}, "resource_api_version": "V3"}});
     }
     fs::write(&config, serde_json::to_vec_pretty(&bootstrap).expect("json")).expect("write envoy bootstrap");
-    let process = Process::spawn(&envoy_binary(), &config, opts.concurrency, None).unwrap_or_else(|e| panic!("{e}"));
+    let process = Process::spawn_with_env(&envoy_binary(), &config, opts.concurrency, None, &opts.host_env)
+        .unwrap_or_else(|e| panic!("{e}"));
     (process, dir)
 }
 
