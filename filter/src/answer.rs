@@ -70,10 +70,15 @@ pub fn plan(flow: &Flow, head: AnswerHead) -> AnswerPlan {
             detail: "flow executor answered with an error",
         });
     }
-    match (flow.mode, &flow.response) {
-        (Mode::Sync, None) => AnswerPlan::PassThrough,
-        _ => AnswerPlan::Hold,
+    match passes_through(flow) {
+        true => AnswerPlan::PassThrough,
+        false => AnswerPlan::Hold,
     }
+}
+
+/// A sync flow without a response template hands the executor's 2xx answer on unchanged.
+pub fn passes_through(flow: &Flow) -> bool {
+    flow.mode == Mode::Sync && flow.response.is_none()
 }
 
 /// Builds the sender's answer from the executor's 2xx body and the request body

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use serde_json::value::RawValue;
 
 use crate::auth::TokenDigest;
+use crate::delivery::Controls;
 use crate::render::{self, ResponseTemplate};
 use crate::schema::{self, ConfigError, FlowEntry, FlowStatus, DEFAULT_CONTENT_TYPE};
 
@@ -45,6 +46,8 @@ pub struct Flow {
     pub allow: String,
     pub max_body_bytes: u64,
     pub response: Option<ResponseTemplate>,
+    /// Dedupe and rate limit (contract 8).
+    pub controls: Controls,
 }
 
 /// The set of flows in force, by id.
@@ -196,6 +199,7 @@ impl FlowsBuilder {
             methods,
             max_body_bytes: entry.max_body_bytes.map_or(self.default_max_body_bytes, |l| l.get()),
             response,
+            controls: Controls::new(entry.dedupe, entry.rate_limit),
             id,
             ref_id,
         })
@@ -241,7 +245,7 @@ mod tests {
             problems,
             [
                 "flows[0] (id \"f-1\").status: must be \"draft\", \"live\" or \"paused\", not \"bogus\"",
-                "flows[2] (id \"f-3\").tokens: unknown field (known: id, ref_id, status, token_sha256, async, methods, max_body_bytes, response)",
+                "flows[2] (id \"f-3\").tokens: unknown field (known: id, ref_id, status, token_sha256, async, methods, max_body_bytes, response, dedupe, rate_limit)",
                 "flows[3] (id \"?\"): must be a JSON object",
             ]
         );

@@ -19,6 +19,7 @@ mod host;
 pub use host::{Action, Host, Site};
 
 use crate::answer::{self, AnswerHead, AnswerPlan};
+use crate::delivery::{self, Delivery, Stop};
 use crate::flows::Mode;
 use crate::gate::{self, Admission, RequestHead, Verdict};
 use crate::metrics::Counter;
@@ -76,6 +77,8 @@ enum Phase {
 #[derive(Debug, Default)]
 pub struct Stream {
     phase: Phase,
+    /// Its delivery id and dedupe claim (contract 8).
+    delivery: Delivery,
 }
 
 impl Stream {
@@ -122,6 +125,9 @@ impl Stream {
             }
             Verdict::Admit(admission) => admission,
         };
+        if let Err(refusal) = self.delivery.read_headers(&admission.flow.controls, &headers) {
+            return self.refuse(host, refusal);
+        }
         host.set_request_header("authorization", None);
         for (name, value) in admission.forward_headers() {
             host.set_request_header(name, Some(value));
@@ -129,7 +135,7 @@ impl Stream {
         if end_of_stream {
             return self.finish_request(host, admission, head.content_type, &[]);
         }
-        if admission.must_read_body(head.content_length) {
+        if admission.must_read_body(head.content_length) || admission.flow.controls.reads_body() {
             self.phase = Phase::ReadingRequest {
                 admission,
                 content_type: head.content_type.map(<[u8]>::to_vec),
@@ -214,12 +220,13 @@ impl Stream {
             .unwrap_or(0);
         let head = AnswerHead::new(status, || host.code_details());
         match answer::plan(&admission.flow, head) {
-            AnswerPlan::PassThrough => {
+            // A delivery to remember holds even an answer that passes unchanged.
+            AnswerPlan::PassThrough if !self.delivery.holds_answer() => {
                 self.phase = Phase::PassingAnswer;
                 Action::Continue
             }
             AnswerPlan::Refuse(fault) => self.refuse(host, fault),
-            AnswerPlan::Hold => {
+            AnswerPlan::Hold | AnswerPlan::PassThrough => {
                 let announced = host
                     .response_header("content-length")
                     .and_then(|s| std::str::from_utf8(&s).ok()?.trim().parse::<usize>().ok());
@@ -310,13 +317,22 @@ impl Stream {
         content_type: Option<&[u8]>,
         body: &[u8],
     ) -> Action {
-        match admission.check_body(content_type, body) {
+        let checked = admission.check_body(content_type, body).and_then(|request_body| {
+            self.delivery.read_body(&admission.flow.controls, body)?;
+            Ok(request_body)
+        });
+        match checked {
             Ok(request_body) => self.forward(host, admission, request_body),
             Err(refusal) => self.refuse(host, refusal),
         }
     }
 
     fn forward(&mut self, host: &mut impl Host, admission: Admission, request_body: Value) -> Action {
+        match self.delivery.admit(host, &admission.flow) {
+            Ok(()) => {}
+            Err(Stop::Replay(reply)) => return self.send(host, &reply),
+            Err(Stop::Refuse(refusal)) => return self.refuse(host, refusal),
+        }
         host.count(Counter::Admitted(admission.flow.mode));
         self.phase = Phase::Forwarded {
             admission,
@@ -334,9 +350,17 @@ impl Stream {
         size: usize,
     ) -> Action {
         let output = host.response_body(size);
+        if answer::passes_through(&admission.flow) {
+            // Held only to be remembered (`holds_answer`): it goes on unchanged.
+            let reply = delivery::passed(status, host.response_header("content-type"), output);
+            self.delivery.settle(host, Some(&reply));
+            self.phase = Phase::PassingAnswer;
+            return Action::Continue;
+        }
         match answer::reply(&admission.flow, status, request_body, &output) {
             Ok(reply) => {
                 host.count(Counter::Rendered);
+                self.delivery.settle(host, Some(&reply));
                 self.send(host, &reply)
             }
             Err(fault) => self.refuse(host, fault),
@@ -346,9 +370,15 @@ impl Stream {
     /// An answer too large to hold: a sync flow's output is lost (502); an async run
     /// was accepted all the same (2xx), so it is acknowledged without the executor's object.
     fn too_large(&mut self, host: &mut impl Host, admission: &Admission, request_body: Value, status: u16) -> Action {
+        if answer::passes_through(&admission.flow) {
+            self.delivery.settle(host, None);
+            self.phase = Phase::PassingAnswer;
+            return Action::Continue;
+        }
         if admission.flow.mode == Mode::Async {
             if let Ok(reply) = answer::reply(&admission.flow, status, request_body, &[]) {
                 host.count(Counter::Rendered);
+                self.delivery.settle(host, Some(&reply));
                 return self.send(host, &reply);
             }
         }
@@ -362,6 +392,7 @@ impl Stream {
     }
 
     fn refuse(&mut self, host: &mut impl Host, refusal: Refusal) -> Action {
+        self.delivery.settle(host, None);
         host.count(Counter::Refused(refusal.code()));
         self.send(host, &refusal.reply())
     }

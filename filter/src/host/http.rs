@@ -8,6 +8,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::abi;
 use super::root::Vm;
+use crate::delivery::Store;
 use crate::metrics::Counter;
 use crate::reply::Reply;
 use crate::stream::{self, Host, Site, Stream};
@@ -76,6 +77,21 @@ impl Host for Calls<'_> {
             log::debug!("flowgate: refused: {}", code.as_str());
         }
         self.0.metrics.count(counter);
+    }
+}
+
+/// Envoy's shared data (delivery controls).
+impl Store for Calls<'_> {
+    fn get(&mut self, key: &str) -> (Option<Vec<u8>>, u32) {
+        abi::shared_data(key)
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+        abi::set_shared_data(key, value, cas)
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        abi::now_ms()
     }
 }
 

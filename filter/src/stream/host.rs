@@ -12,8 +12,8 @@ pub enum Action {
     Pause,
 }
 
-/// The host calls a stream makes.
-pub trait Host {
+/// The host calls a stream makes; shared data and the clock for its delivery controls.
+pub trait Host: crate::delivery::Store {
     /// The serialized request header map (`wire` layout); `None` when unreadable.
     fn request_headers(&mut self) -> Option<Vec<u8>>;
     /// The serialized request trailer map; `None` when unreadable.

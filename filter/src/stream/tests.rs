@@ -26,6 +26,9 @@ fn config() -> PluginConfig {
         flow("f-async", serde_json::json!({"async": true})),
         flow("f-paused", serde_json::json!({"status": "paused"})),
         flow("f-small", serde_json::json!({"max_body_bytes": SMALL})),
+        flow("f-dedupe", serde_json::json!({"dedupe": {"key": "header:x-delivery", "window_s": 60}})),
+        flow("f-limited", serde_json::json!({"rate_limit": {"requests_per_second": 1, "burst": 2}})),
+        flow("f-dedupe-body", serde_json::json!({"async": true, "dedupe": {"key": "body:/id", "window_s": 60}})),
     ]});
     PluginConfig::parse(json.to_string().as_bytes()).unwrap()
 }
@@ -47,6 +50,8 @@ struct Envoy {
     replies: Vec<Reply>,
     counts: Vec<Counter>,
     unreadable: bool,
+    /// Envoy's shared data and clock (`tests/delivery.rs`).
+    store: crate::delivery::MemoryStore,
 }
 
 impl Envoy {
@@ -388,5 +393,6 @@ fn flowgates_own_reply_passes_back_untouched_and_the_request_stays_held() {
     assert!(!run.continued);
 }
 
+mod delivery;
 #[cfg(not(target_arch = "wasm32"))]
 mod properties;
