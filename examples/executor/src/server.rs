@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::flows::{bind_body, load_file, Flow};
-use crate::queue::{now_ms, Queue};
+use crate::queue::{now_ms, Queue, SyncDelivery};
 
 /// Default path prefix of webhooks (the filter's default `webhook_path_prefix`).
 pub const DEFAULT_WEBHOOK_PREFIX: &str = "/v1/flow-webhook/";
@@ -324,25 +324,49 @@ impl App {
 
         let content_type = header(headers, "content-type");
         let is_async = header(headers, "x-flowgate-mode").is_some_and(|m| m.eq_ignore_ascii_case("async"));
+        // Unique per (flow, delivery id): a repeat through any Envoy runs once (contract 8).
+        let delivery_id = header(headers, "x-flowgate-delivery-id");
         if is_async {
-            return match self.queue.enqueue(&flow.id, content_type, body) {
+            let queued = match delivery_id {
+                Some(id) => self.queue.enqueue_delivery(&flow.id, id, content_type, body),
+                None => self.queue.enqueue(&flow.id, content_type, body),
+            };
+            return match queued {
                 Ok(run_id) => json_response(202, &json!({ "run_id": run_id })),
                 Err(e) => error(503, &format!("could not queue the run: {e}")),
             };
         }
 
+        let claimed = match delivery_id {
+            Some(id) => match self.queue.claim_sync(&flow.id, id, content_type, body) {
+                Ok(SyncDelivery::Run(run_id)) => Some(run_id),
+                Ok(SyncDelivery::Done(result)) => return sync_answer(result),
+                Ok(SyncDelivery::Running) => return error(409, "this delivery is still running"),
+                Err(e) => return error(503, &format!("run store: {e}")),
+            },
+            None => None,
+        };
         thread::sleep(Duration::from_millis(flow.run_ms));
         let result = flow.run(bind_body(content_type, body));
-        if let Err(e) = self
-            .queue
-            .record_sync(&flow.id, received_at_ms, content_type, body, &result)
-        {
+        let recorded = match &claimed {
+            Some(run_id) => self.queue.finish_sync(run_id, &result).map(drop),
+            None => self
+                .queue
+                .record_sync(&flow.id, received_at_ms, content_type, body, &result)
+                .map(drop),
+        };
+        if let Err(e) = recorded {
             eprintln!("flowgate-executor: recording a sync run of {} failed: {e}", flow.id);
         }
-        match result {
-            Ok(output) => json_response(200, &output),
-            Err(e) => error(500, &e),
-        }
+        sync_answer(result)
+    }
+}
+
+/// A sync run's answer: its output, or 500 with the failure.
+fn sync_answer(result: Result<Value, String>) -> Resp {
+    match result {
+        Ok(output) => json_response(200, &output),
+        Err(e) => error(500, &e),
     }
 }
 
