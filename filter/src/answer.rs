@@ -17,6 +17,9 @@ pub struct AnswerHead {
     pub via_upstream: bool,
     /// The router gave up waiting (`response_timeout`).
     pub timed_out: bool,
+    /// Envoy's global rate-limit filter, after flowgate, refused the request
+    /// (`request_rate_limited`): a fleet-wide limit (contract 8).
+    pub rate_limited: bool,
 }
 
 impl AnswerHead {
@@ -29,6 +32,7 @@ impl AnswerHead {
                 status,
                 via_upstream: true,
                 timed_out: false,
+                rate_limited: false,
             };
         }
         let details = code_details();
@@ -36,6 +40,7 @@ impl AnswerHead {
             status,
             via_upstream: details == b"via_upstream",
             timed_out: details.windows(16).any(|w| w == b"response_timeout"),
+            rate_limited: details == b"request_rate_limited",
         }
     }
 }
@@ -52,6 +57,9 @@ pub enum AnswerPlan {
 }
 
 pub fn plan(flow: &Flow, head: AnswerHead) -> AnswerPlan {
+    if head.rate_limited {
+        return AnswerPlan::Refuse(Refusal::RateLimited { retry_after_s: 1 });
+    }
     if !head.via_upstream {
         return AnswerPlan::Refuse(if head.timed_out || head.status == 504 {
             Refusal::ExecutorTimeout
@@ -186,6 +194,18 @@ mod tests {
         assert_eq!(
             plan(flow, AnswerHead::new(503, || b"no_healthy_upstream".to_vec())),
             AnswerPlan::Refuse(Refusal::ExecutorUnavailable)
+        );
+        // Envoy's global rate-limit filter after flowgate: its 429 becomes the envelope.
+        assert_eq!(
+            plan(flow, AnswerHead::new(429, || b"request_rate_limited".to_vec())),
+            AnswerPlan::Refuse(Refusal::RateLimited { retry_after_s: 1 })
+        );
+        assert_eq!(
+            plan(flow, via_upstream(429)),
+            AnswerPlan::Refuse(Refusal::ExecutorError {
+                upstream_status: 429,
+                detail: "flow executor answered with an error"
+            })
         );
     }
 
