@@ -19,7 +19,7 @@ mod host;
 pub use host::{Action, Host, Site};
 
 use crate::answer::{self, AnswerHead, AnswerPlan};
-use crate::delivery::{self, Delivery, Stop};
+use crate::delivery::{self, Delivery};
 use crate::flows::Mode;
 use crate::gate::{self, Admission, RequestHead, Verdict};
 use crate::metrics::Counter;
@@ -328,10 +328,8 @@ impl Stream {
     }
 
     fn forward(&mut self, host: &mut impl Host, admission: Admission, request_body: Value) -> Action {
-        match self.delivery.admit(host, &admission.flow) {
-            Ok(()) => {}
-            Err(Stop::Replay(reply)) => return self.send(host, &reply),
-            Err(Stop::Refuse(refusal)) => return self.refuse(host, refusal),
+        if let Err(reply) = self.delivery.admit(host, &admission.flow) {
+            return self.send(host, &reply);
         }
         host.count(Counter::Admitted(admission.flow.mode));
         self.phase = Phase::Forwarded {

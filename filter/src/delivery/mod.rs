@@ -116,14 +116,6 @@ pub struct Delivery {
     claim: Option<Claim>,
 }
 
-/// How an admitted delivery ends before it is forwarded.
-#[derive(Debug)]
-pub enum Stop {
-    /// A duplicate of an answered delivery: its first answer.
-    Replay(Reply),
-    Refuse(Refusal),
-}
-
 impl Delivery {
     /// Reads the delivery id from the request headers (names lower-case), for `header:` keys.
     pub fn read_headers(&mut self, controls: &Controls, headers: &[(&[u8], &[u8])]) -> Result<(), Refusal> {
@@ -164,8 +156,9 @@ impl Delivery {
     }
 
     /// The last step before forwarding: claims the delivery id (a duplicate stops here),
-    /// then spends a token of the flow's rate limit. Sets `x-flowgate-delivery-id`.
-    pub fn admit(&mut self, host: &mut impl Host, flow: &Flow) -> Result<(), Stop> {
+    /// then spends a token of the flow's rate limit. Sets `x-flowgate-delivery-id`. `Err`
+    /// is the sender's reply instead: a duplicate's first answer, or a (counted) refusal.
+    pub fn admit(&mut self, host: &mut impl Host, flow: &Flow) -> Result<(), Reply> {
         let controls = &flow.controls;
         if let (Some(dedupe), Some(id)) = (&controls.dedupe, &self.id) {
             let (seen, evicted) = dedupe::claim(host, &flow.id, id, dedupe.window_ms);
@@ -174,16 +167,16 @@ impl Delivery {
                 Seen::New(claim) => self.claim = Some(claim),
                 Seen::Answered(answer) => {
                     host.count(Counter::Duplicate);
-                    return Err(Stop::Replay(answer.reply()));
+                    return Err(answer.reply());
                 }
-                Seen::InFlight => return Err(Stop::Refuse(Refusal::DuplicateInFlight)),
+                Seen::InFlight => return Err(refuse(host, Refusal::DuplicateInFlight)),
                 Seen::Unclaimed => host.count(Counter::DedupeNotRemembered),
             }
         }
         if let Some(limit) = controls.rate_limit {
             if let Err(retry_after_s) = limit::spend(host, &flow.id, limit) {
                 self.settle(host, None);
-                return Err(Stop::Refuse(Refusal::RateLimited { retry_after_s }));
+                return Err(refuse(host, Refusal::RateLimited { retry_after_s }));
             }
         }
         if let Some(id) = &self.id {
@@ -220,6 +213,11 @@ pub fn passed(status: u16, content_type: Option<Vec<u8>>, body: Vec<u8>) -> Repl
         headers: content_type.map(|ct| ("content-type", ct)).into_iter().collect(),
         body,
     }
+}
+
+fn refuse(host: &mut impl Host, refusal: Refusal) -> Reply {
+    host.count(Counter::Refused(refusal.code()));
+    refusal.reply()
 }
 
 fn count_evictions(host: &mut impl Host, evicted: u64) {
