@@ -64,15 +64,21 @@ struct Service {
 
 #[tonic::async_trait]
 impl RateLimitService for Service {
-    async fn should_rate_limit(&self, request: Request<RateLimitRequest>) -> Result<Response<RateLimitResponse>, Status> {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
         let request = request.into_inner();
         let namespace = request.domain.as_str().into();
         let hits = u64::from(request.hits_addend.max(1));
         let mut statuses = Vec::new();
         let mut over = false;
         for descriptor in &request.descriptors {
-            let values: HashMap<String, String> =
-                descriptor.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+            let values: HashMap<String, String> = descriptor
+                .entries
+                .iter()
+                .map(|e| (e.key.clone(), e.value.clone()))
+                .collect();
             let context: Context = values.into();
             let result = self
                 .limiter
@@ -124,7 +130,10 @@ async fn serve(args: Args) -> Result<(), String> {
             args.domain.as_str(),
             *requests,
             *seconds,
-            vec![condition.as_str().try_into().map_err(|e| format!("{condition}: {e:?}"))?],
+            vec![condition
+                .as_str()
+                .try_into()
+                .map_err(|e| format!("{condition}: {e:?}"))?],
             vec![FLOW_KEY.try_into().map_err(|e| format!("{FLOW_KEY}: {e:?}"))?],
         );
         limiter.add_limit(limit);
