@@ -12,6 +12,8 @@ pub mod limit;
 
 use std::collections::HashMap;
 
+use serde_json::value::RawValue;
+
 use dedupe::{Answer, Claim, Seen};
 pub use limit::RateLimit;
 
@@ -143,14 +145,17 @@ impl Delivery {
         else {
             return Ok(());
         };
-        let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        self.id = None;
+        let Some(raw) = pointed(body, pointer) else {
             return Ok(());
         };
-        self.id = match json.pointer(pointer) {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(id_of(s)?),
-            Some(serde_json::Value::Number(n)) => Some(id_of(&n.to_string())?),
-            Some(_) => return Err(invalid_id()),
+        let text = raw.get();
+        self.id = match text.as_bytes().first() {
+            Some(b'n') => None,
+            Some(b'"') => Some(id_of(&serde_json::from_str::<String>(text).map_err(|_| invalid_id())?)?),
+            // A number as the sender wrote it.
+            Some(b'-' | b'0'..=b'9') => Some(id_of(text)?),
+            _ => return Err(invalid_id()),
         };
         Ok(())
     }
@@ -203,6 +208,32 @@ impl Delivery {
             host.count(Counter::DedupeNotRemembered);
         }
     }
+}
+
+/// The JSON value at an RFC 6901 `pointer` in `body`, read one level at a time as raw JSON
+/// (no tree of the whole body is built); `None` when the body is not JSON or nothing is there.
+fn pointed<'b>(body: &'b [u8], pointer: &str) -> Option<&'b RawValue> {
+    let mut at: &RawValue = serde_json::from_slice(body).ok()?;
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        at = match at.get().as_bytes().first()? {
+            b'{' => serde_json::from_str::<HashMap<String, &RawValue>>(at.get())
+                .ok()?
+                .remove(&segment)?,
+            b'[' => {
+                let index: usize = segment
+                    .parse()
+                    .ok()
+                    .filter(|_| segment == "0" || !segment.starts_with('0'))?;
+                serde_json::from_str::<Vec<&RawValue>>(at.get())
+                    .ok()?
+                    .get(index)
+                    .copied()?
+            }
+            _ => return None,
+        };
+    }
+    Some(at)
 }
 
 /// An answer that passes to the sender unchanged, as it is remembered.

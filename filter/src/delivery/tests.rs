@@ -31,6 +31,9 @@ fn ids_come_from_a_header_or_a_json_pointer() {
         (br#"{"data":{}}"#, None),
         (br#"{"data":{"id":null}}"#, None),
         (b"not json", None),
+        (br#"{"data":{"id":-1.50}}"#, Some("-1.50")),
+        (br#"{"data":{"id":"a\u0062"}}"#, Some("ab")),
+        (br#"{"data":[{"id":"x"}]}"#, None),
     ] {
         let mut delivery = Delivery::default();
         delivery.read_body(&by_body, body).unwrap();
@@ -38,6 +41,14 @@ fn ids_come_from_a_header_or_a_json_pointer() {
     }
     let mut delivery = Delivery::default();
     assert!(delivery.read_body(&by_body, br#"{"data":{"id":{}}}"#).is_err());
+    assert!(delivery.read_body(&by_body, br#"{"data":{"id":true}}"#).is_err());
+    let in_arrays = controls(DedupeKey::Body("/items/1/a~1b".into()));
+    delivery
+        .read_body(&in_arrays, br#"{"items":[{}, {"a/b": "deep"}]}"#)
+        .unwrap();
+    assert_eq!(delivery.id.as_deref(), Some("deep"));
+    delivery.read_body(&in_arrays, br#"{"items":[{}]}"#).unwrap();
+    assert_eq!(delivery.id, None);
 }
 
 #[test]
