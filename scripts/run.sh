@@ -112,6 +112,11 @@ demo "a signed delivery (f-1006, scheme github): verified at the edge, no bearer
   http://127.0.0.1:10000/v1/flow-webhook/f-1006 -H "X-Hub-Signature-256: $sig1006" -H 'content-type: application/json' -d "$body1006"
 demo "the same delivery with one byte changed: 401 invalid_signature, never forwarded" \
   http://127.0.0.1:10000/v1/flow-webhook/f-1006 -H "X-Hub-Signature-256: $sig1006" -H 'content-type: application/json' -d '{"action":"opened","number":2}'
+delivery="demo-$(date +%s)"
+demo "a sender's retry of that delivery (same X-Delivery-Id, f-1003 dedupes on it): the first answer again, from the edge" \
+  http://127.0.0.1:10000/v1/flow-webhook/f-1003 -H "Authorization: Bearer $t1003" -H "X-Delivery-Id: $delivery" -H 'content-type: application/json' -d '{"company_id":123456,"user_id":789123}'
+demo "and again: the same bytes, the same run id; the executor saw it once" \
+  http://127.0.0.1:10000/v1/flow-webhook/f-1003 -H "Authorization: Bearer $t1003" -H "X-Delivery-Id: $delivery" -H 'content-type: application/json' -d '{"company_id":123456,"user_id":789123}'
 demo "what the executor received (no Authorization; x-flowgate-* headers added by the filter)" \
   http://127.0.0.1:8081/_executor/requests
 demo "pause f-1001 in the flow directory (the executor serves it; Envoy is not touched)" \

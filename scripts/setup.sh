@@ -7,6 +7,9 @@
 #                              under wasm32-wasip1), wrk, and .venv-signers with the webhook
 #                              providers' signing libraries (tests/signers/requirements.txt)
 #   scripts/setup.sh --bench   plus what bench.sh and soak.sh need: wrk
+#   scripts/setup.sh --global-ratelimit
+#                              plus what scripts/global-ratelimit.sh needs: redis-server, and
+#                              libclang-dev (limitador builds RocksDB, whose bindings need it)
 #
 # Quiet on success; on failure it prints the failing step's output and exits non-zero.
 set -euo pipefail
@@ -16,11 +19,13 @@ cd "$root"
 
 tests=0
 bench=0
+global_ratelimit=0
 for arg in "$@"; do
   case "$arg" in
     --test) tests=1 ;;
     --bench) bench=1 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --global-ratelimit) global_ratelimit=1 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -94,5 +99,11 @@ missing=()
 need curl || missing+=(curl)
 if [ "$tests" = 1 ] || [ "$bench" = 1 ]; then
   need wrk || missing+=(wrk)
+fi
+# Redis 7 (Debian's redis-server): the counters of the global rate-limit example's service;
+# libclang-dev: bindgen, for the RocksDB that limitador cannot be built without.
+if [ "$global_ratelimit" = 1 ]; then
+  need redis-server || missing+=(redis-server)
+  compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || missing+=(libclang-dev)
 fi
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"

@@ -18,6 +18,9 @@ pub struct AnswerHead {
     pub via_upstream: bool,
     /// The router gave up waiting (`response_timeout`).
     pub timed_out: bool,
+    /// Envoy's global rate-limit filter, after flowgate, refused the request
+    /// (`request_rate_limited`): a fleet-wide limit (contract 8).
+    pub rate_limited: bool,
 }
 
 impl AnswerHead {
@@ -30,6 +33,7 @@ impl AnswerHead {
                 status,
                 via_upstream: true,
                 timed_out: false,
+                rate_limited: false,
             };
         }
         let details = code_details();
@@ -37,6 +41,7 @@ impl AnswerHead {
             status,
             via_upstream: details == b"via_upstream",
             timed_out: details.windows(16).any(|w| w == b"response_timeout"),
+            rate_limited: details == b"request_rate_limited",
         }
     }
 }
@@ -65,6 +70,9 @@ pub enum AnswerPlan {
 }
 
 pub fn plan(flow: &Flow, head: AnswerHead) -> AnswerPlan {
+    if head.rate_limited {
+        return AnswerPlan::Refuse(Refusal::RateLimited { retry_after_s: 1 });
+    }
     if !head.via_upstream {
         return AnswerPlan::Refuse(if head.timed_out || head.status == 504 {
             Refusal::ExecutorTimeout
@@ -83,10 +91,15 @@ pub fn plan(flow: &Flow, head: AnswerHead) -> AnswerPlan {
             detail: "flow executor answered with an error",
         });
     }
-    match (flow.mode, &flow.response) {
-        (Mode::Sync, None) => AnswerPlan::PassThrough,
-        _ => AnswerPlan::Hold,
+    match passes_through(flow) {
+        true => AnswerPlan::PassThrough,
+        false => AnswerPlan::Hold,
     }
+}
+
+/// A sync flow without a response template hands the executor's 2xx answer on unchanged.
+pub fn passes_through(flow: &Flow) -> bool {
+    flow.mode == Mode::Sync && flow.response.is_none()
 }
 
 /// Builds the sender's answer from the executor's 2xx body and the request body
@@ -204,6 +217,18 @@ mod tests {
         assert_eq!(
             plan(flow, AnswerHead::new(503, || b"no_healthy_upstream".to_vec())),
             AnswerPlan::Refuse(Refusal::ExecutorUnavailable)
+        );
+        // Envoy's global rate-limit filter after flowgate: its 429 becomes the envelope.
+        assert_eq!(
+            plan(flow, AnswerHead::new(429, || b"request_rate_limited".to_vec())),
+            AnswerPlan::Refuse(Refusal::RateLimited { retry_after_s: 1 })
+        );
+        assert_eq!(
+            plan(flow, via_upstream(429)),
+            AnswerPlan::Refuse(Refusal::ExecutorError {
+                upstream_status: 429,
+                detail: "flow executor answered with an error"
+            })
         );
     }
 

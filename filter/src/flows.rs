@@ -8,8 +8,9 @@ use std::rc::Rc;
 use serde_json::value::RawValue;
 
 use crate::auth::TokenDigest;
+use crate::delivery::Controls;
 use crate::render::{self, ResponseTemplate};
-use crate::schema::{self, ConfigError, FlowEntry, FlowStatus, DEFAULT_CONTENT_TYPE};
+use crate::schema::{self, ConfigError, DedupeKey, FlowEntry, FlowStatus, DEFAULT_CONTENT_TYPE};
 use crate::verify::{self, Verifier};
 
 /// Entries built per step: a few milliseconds of work, so requests between directory
@@ -48,6 +49,8 @@ pub struct Flow {
     pub response: Option<ResponseTemplate>,
     /// Sender verification; with it, `tokens` may be empty.
     pub verify: Option<Verifier>,
+    /// Dedupe and rate limit (contract 8).
+    pub controls: Controls,
 }
 
 /// The set of flows in force, by id.
@@ -233,6 +236,20 @@ impl FlowsBuilder {
             }
             _ => {}
         }
+        let mut dedupe = entry.dedupe;
+        if let Some(dedupe) = dedupe.as_mut().filter(|d| d.key == DedupeKey::Scheme) {
+            let scheme = verify.as_ref().map(|v| v.scheme);
+            dedupe.key = scheme.and_then(verify::delivery_id).ok_or_else(|| {
+                let problem = match scheme {
+                    None => "\"scheme\" needs the flow's verify: the verified scheme names the delivery id".into(),
+                    Some(scheme) => format!(
+                        "verify.scheme {} has no delivery id of its own: use \"header:<name>\" or \"body:<JSON pointer>\"",
+                        scheme.as_str()
+                    ),
+                };
+                schema::error(at("dedupe.key"), problem)
+            })?;
+        }
         let methods = entry
             .methods
             .map_or_else(|| vec!["POST".to_string()], |methods| methods.into_vec());
@@ -245,6 +262,7 @@ impl FlowsBuilder {
             methods,
             max_body_bytes: entry.max_body_bytes.map_or(self.default_max_body_bytes, |l| l.get()),
             response,
+            controls: Controls::new(dedupe, entry.rate_limit),
             id,
             ref_id,
         })
@@ -290,7 +308,7 @@ mod tests {
             problems,
             [
                 "flows[0] (id \"f-1\").status: must be \"draft\", \"live\" or \"paused\", not \"bogus\"",
-                "flows[2] (id \"f-3\").tokens: unknown field (known: id, ref_id, status, token_sha256, async, methods, max_body_bytes, response, verify)",
+                "flows[2] (id \"f-3\").tokens: unknown field (known: id, ref_id, status, token_sha256, async, methods, max_body_bytes, response, verify, dedupe, rate_limit)",
                 "flows[3] (id \"?\"): must be a JSON object",
             ]
         );
@@ -324,5 +342,27 @@ mod tests {
             (f2.allow.as_str(), f2.max_body_bytes, f2.mode),
             ("GET, PUT", 10, Mode::Sync)
         );
+    }
+
+    #[test]
+    fn a_scheme_dedupe_key_is_the_verified_schemes_own_delivery_id() {
+        let builder = FlowsBuilder::new(1024);
+        let dedupe = serde_json::json!({"key": "scheme", "window_s": 60});
+        let verify = |scheme: &str| serde_json::json!({"scheme": scheme, "secrets": ["s3cret"]});
+        let entries = [
+            flow(serde_json::json!({"token_sha256": null, "verify": verify("github"), "dedupe": dedupe})),
+            flow(serde_json::json!({"id": "f-2", "token_sha256": null, "verify": verify("stripe"), "dedupe": dedupe})),
+            flow(serde_json::json!({"id": "f-3", "dedupe": dedupe})),
+            flow(serde_json::json!({"id": "f-4", "token_sha256": null, "verify": verify("hubspot"), "dedupe": dedupe})),
+        ];
+        let texts: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        let (flows, problems) = builder.lenient(&texts, &Flows::default());
+        let key = |id: &str| flows.get(id).unwrap().controls.dedupe.clone().unwrap().key;
+        assert_eq!(key("f-1"), DedupeKey::Header("x-github-delivery".into()));
+        assert_eq!(key("f-2"), DedupeKey::Body("/id".into()));
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("flows[2] (id \"f-3\").dedupe.key: \"scheme\" needs the flow's verify"));
+        assert!(problems[1].contains("verify.scheme hubspot has no delivery id of its own"));
     }
 }

@@ -8,6 +8,7 @@ pub mod answer;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod delivery;
 pub mod directory;
 pub mod flows;
 pub mod gate;

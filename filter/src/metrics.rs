@@ -18,6 +18,13 @@ pub enum Counter {
     Refused(Code),
     /// A delivery refused `invalid_signature`, by which check failed.
     InvalidSignature(Reason),
+    /// A repeated delivery answered with its first answer (contract 8).
+    Duplicate,
+    /// A remembered delivery id forgotten before its window ended, to make room.
+    DedupeEvicted,
+    /// A delivery's answer that could not be remembered (too large for the store, or the
+    /// store kept changing under it): a repeat of it runs again.
+    DedupeNotRemembered,
     /// Directory answers with a flow list.
     FetchOk,
     FetchNotModified,
@@ -40,6 +47,9 @@ impl Counter {
             Counter::Admitted(Mode::Sync),
             Counter::Admitted(Mode::Async),
             Counter::Rendered,
+            Counter::Duplicate,
+            Counter::DedupeEvicted,
+            Counter::DedupeNotRemembered,
             Counter::FetchOk,
             Counter::FetchNotModified,
             Counter::FetchFailed,
@@ -58,6 +68,9 @@ impl Counter {
             Counter::Rendered => request("answered"),
             Counter::Refused(code) => request(code.as_str()),
             Counter::InvalidSignature(reason) => format!("flowgate.verify.invalid_signature_{}", reason.as_str()),
+            Counter::Duplicate => request("duplicate"),
+            Counter::DedupeEvicted => "flowgate.dedupe.evicted".into(),
+            Counter::DedupeNotRemembered => "flowgate.dedupe.not_remembered".into(),
             Counter::FetchOk => "flowgate.directory.fetch_ok".into(),
             Counter::FetchNotModified => "flowgate.directory.fetch_not_modified".into(),
             Counter::FetchFailed => "flowgate.directory.fetch_failed".into(),

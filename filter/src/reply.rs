@@ -11,6 +11,8 @@ pub const PAUSED_BODY: &str = r#"{"status":200,"error":"biz_logic","message":"Fl
 
 /// Seconds a sender should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "5";
+/// Seconds a sender should wait before repeating a delivery that is still running.
+const DUPLICATE_RETRY_AFTER_SECONDS: &str = "1";
 
 /// Everything the edge answers with an envelope, in the contract's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,14 @@ pub enum Refusal {
     },
     /// A provider's handshake, answered at the edge as the provider expects (not an envelope).
     Handshake(Reply),
+    /// The flow's dedupe key is there but is not a usable delivery id.
+    InvalidDeliveryId,
+    /// A repeat of a delivery whose first run has not answered yet (contract 8).
+    DuplicateInFlight,
+    /// Over the flow's rate limit; a token is there in `retry_after_s` (contract 8).
+    RateLimited {
+        retry_after_s: u64,
+    },
 }
 
 /// A complete HTTP answer: status, extra headers and the body bytes.
@@ -86,10 +96,12 @@ pub enum Code {
     InvalidSignature,
     /// Not an error: a provider handshake answered at the edge (named for its metric).
     Handshake,
+    DuplicateInFlight,
+    RateLimited,
 }
 
 impl Code {
-    pub const ALL: [Code; 15] = [
+    pub const ALL: [Code; 17] = [
         Code::InvalidRequest,
         Code::InvalidPath,
         Code::NotFound,
@@ -105,6 +117,8 @@ impl Code {
         Code::DirectoryUnavailable,
         Code::InvalidSignature,
         Code::Handshake,
+        Code::DuplicateInFlight,
+        Code::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -124,6 +138,8 @@ impl Code {
             Code::DirectoryUnavailable => "directory_unavailable",
             Code::InvalidSignature => "invalid_signature",
             Code::Handshake => "handshake",
+            Code::DuplicateInFlight => "duplicate_in_flight",
+            Code::RateLimited => "rate_limited",
         }
     }
 }
@@ -131,7 +147,12 @@ impl Code {
 impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
-            Refusal::UnreadableRequest | Refusal::InvalidPath | Refusal::InvalidBody { .. } => 400,
+            Refusal::UnreadableRequest
+            | Refusal::InvalidPath
+            | Refusal::InvalidBody { .. }
+            | Refusal::InvalidDeliveryId => 400,
+            Refusal::DuplicateInFlight => 409,
+            Refusal::RateLimited { .. } => 429,
             Refusal::Unauthorized { .. } | Refusal::InvalidSignature { .. } => 401,
             Refusal::Handshake(reply) => reply.status,
             Refusal::NotFound => 404,
@@ -148,7 +169,9 @@ impl Refusal {
     /// The envelope's `error` code; also names the outcome's metric.
     pub fn code(&self) -> Code {
         match self {
-            Refusal::UnreadableRequest => Code::InvalidRequest,
+            Refusal::UnreadableRequest | Refusal::InvalidDeliveryId => Code::InvalidRequest,
+            Refusal::DuplicateInFlight => Code::DuplicateInFlight,
+            Refusal::RateLimited { .. } => Code::RateLimited,
             Refusal::InvalidPath => Code::InvalidPath,
             Refusal::NotFound => Code::NotFound,
             Refusal::MethodNotAllowed { .. } => Code::MethodNotAllowed,
@@ -224,6 +247,19 @@ impl Refusal {
                 "flows are not loaded yet; retry later".into()
             }
             Refusal::InvalidSignature { failure } => failure.message().into(),
+            Refusal::InvalidDeliveryId => format!(
+                "the flow's delivery id must be 1 to {} visible ASCII characters (a string or number in the body)",
+                crate::delivery::MAX_ID_BYTES
+            )
+            .into(),
+            Refusal::DuplicateInFlight => {
+                headers.push(("retry-after", DUPLICATE_RETRY_AFTER_SECONDS.to_string()));
+                "this delivery is already being run; retry later for its answer".into()
+            }
+            Refusal::RateLimited { retry_after_s } => {
+                headers.push(("retry-after", (*retry_after_s).max(1).to_string()));
+                "too many deliveries for this flow; retry later".into()
+            }
             Refusal::Paused | Refusal::Handshake(_) => "".into(),
         };
         let envelope = Envelope {

@@ -15,10 +15,13 @@
 use minijinja::Value;
 
 mod host;
+mod trailers;
 
 pub use host::{Action, Host, Site};
+use trailers::strip_trailers;
 
 use crate::answer::{self, AnswerHead, AnswerPlan};
+use crate::delivery::{self, Delivery};
 use crate::flows::Mode;
 use crate::gate::{self, Admission, RequestHead, Verdict};
 use crate::metrics::Counter;
@@ -84,6 +87,8 @@ enum Phase {
 #[derive(Debug, Default)]
 pub struct Stream {
     phase: Phase,
+    /// Its delivery id and dedupe claim (contract 8).
+    delivery: Delivery,
 }
 
 impl Stream {
@@ -131,6 +136,9 @@ impl Stream {
             Verdict::Admit(admission) => admission,
         };
         admission.capture(&headers, || host.unix_time_s());
+        if let Err(refusal) = self.delivery.read_headers(&admission.flow.controls, &headers) {
+            return self.refuse(host, refusal);
+        }
         host.set_request_header("authorization", None);
         for (name, value) in admission.forward_headers() {
             host.set_request_header(name, Some(value));
@@ -138,7 +146,7 @@ impl Stream {
         if end_of_stream {
             return self.finish_request(host, admission, head.content_type, &[]);
         }
-        if admission.must_read_body(head.content_length) {
+        if admission.must_read_body(head.content_length) || admission.flow.controls.reads_body() {
             self.phase = Phase::ReadingRequest {
                 admission,
                 content_type: head.content_type.map(<[u8]>::to_vec),
@@ -220,12 +228,13 @@ impl Stream {
         let (status, announced) = answer::status_and_length(&host.response_headers().unwrap_or_default());
         let head = AnswerHead::new(status, || host.code_details());
         match answer::plan(&admission.flow, head) {
-            AnswerPlan::PassThrough => {
+            // A delivery to remember holds even an answer that passes unchanged.
+            AnswerPlan::PassThrough if !self.delivery.holds_answer() => {
                 self.phase = Phase::PassingAnswer;
                 Action::Continue
             }
             AnswerPlan::Refuse(fault) => self.refuse(host, fault),
-            AnswerPlan::Hold => {
+            AnswerPlan::Hold | AnswerPlan::PassThrough => {
                 if announced.is_some_and(|length| length > MAX_ANSWER_BYTES) {
                     return self.too_large(host, &admission, request_body, status);
                 }
@@ -314,13 +323,20 @@ impl Stream {
         content_type: Option<&[u8]>,
         body: &[u8],
     ) -> Action {
-        match admission.check_body(content_type, body) {
+        let checked = admission.check_body(content_type, body).and_then(|request_body| {
+            self.delivery.read_body(&admission.flow.controls, body)?;
+            Ok(request_body)
+        });
+        match checked {
             Ok(request_body) => self.forward(host, admission, request_body),
             Err(refusal) => self.refuse(host, refusal),
         }
     }
 
     fn forward(&mut self, host: &mut impl Host, admission: Admission, request_body: Value) -> Action {
+        if let Err(reply) = self.delivery.admit(host, &admission.flow) {
+            return self.send(host, &reply);
+        }
         host.count(Counter::Admitted(admission.flow.mode));
         self.phase = Phase::Forwarded {
             admission,
@@ -339,11 +355,19 @@ impl Stream {
         ending: Ending,
     ) -> Action {
         let output = host.response_body(size);
+        if answer::passes_through(&admission.flow) {
+            // Held only to be remembered (`holds_answer`): it goes on unchanged.
+            let reply = delivery::passed(status, host.response_header("content-type"), output);
+            self.delivery.settle(host, Some(&reply));
+            self.phase = Phase::PassingAnswer;
+            return Action::Continue;
+        }
         let reply = match answer::reply(&admission.flow, status, request_body, &output) {
             Ok(reply) => reply,
             Err(fault) => return self.refuse(host, fault),
         };
         host.count(Counter::Rendered);
+        self.delivery.settle(host, Some(&reply));
         // In place, the reply skips a local reply's second pass through the filter chain.
         if ending == Ending::Body && host.replace_answer(&reply, size) {
             self.phase = Phase::Replied;
@@ -355,9 +379,15 @@ impl Stream {
     /// An answer too large to hold: a sync flow's output is lost (502); an async run
     /// was accepted all the same (2xx), so it is acknowledged without the executor's object.
     fn too_large(&mut self, host: &mut impl Host, admission: &Admission, request_body: Value, status: u16) -> Action {
+        if answer::passes_through(&admission.flow) {
+            self.delivery.settle(host, None);
+            self.phase = Phase::PassingAnswer;
+            return Action::Continue;
+        }
         if admission.flow.mode == Mode::Async {
             if let Ok(reply) = answer::reply(&admission.flow, status, request_body, &[]) {
                 host.count(Counter::Rendered);
+                self.delivery.settle(host, Some(&reply));
                 return self.send(host, &reply);
             }
         }
@@ -371,6 +401,7 @@ impl Stream {
     }
 
     fn refuse(&mut self, host: &mut impl Host, refusal: Refusal) -> Action {
+        self.delivery.settle(host, None);
         host.count(Counter::Refused(refusal.code()));
         if let Refusal::InvalidSignature { failure } = &refusal {
             host.count(Counter::InvalidSignature(failure.reason()));
@@ -383,27 +414,6 @@ impl Stream {
         host.send(reply);
         Action::Pause
     }
-}
-
-/// Removes sender-supplied `x-flowgate-*` trailers, and `Authorization` too when the
-/// request goes to the executor; false when the trailers cannot be read.
-fn strip_trailers(host: &mut impl Host, admitted: bool) -> bool {
-    let Some(map) = host.request_trailers() else {
-        return false;
-    };
-    let Some(trailers) = wire::decode_header_map(&map) else {
-        return false;
-    };
-    for (name, _) in trailers {
-        let secret = admitted && name.eq_ignore_ascii_case(b"authorization");
-        if gate::is_own_header(name) || secret {
-            match std::str::from_utf8(name) {
-                Ok(name) => host.remove_request_trailer(name),
-                Err(_) => return false,
-            }
-        }
-    }
-    true
 }
 
 #[cfg(test)]

@@ -969,36 +969,6 @@ fn assert_vm_healthy(baseline: &Stats, now: &Stats) {
 // HTTP/2 with many streams
 // ---------------------------------------------------------------------------------------------
 
-/// The reference executor serves connections from tiny_http's task pool, which can leave a new
-/// connection queued behind kept-alive ones when several arrive at once while it still has idle
-/// threads (its idle-thread count is read before a woken thread takes its task). Envoy keeps its
-/// upstream connections alive, so such a connection is never served and the burst's request
-/// times out (504), with or without flowgate in the filter chain. Holding a few connections to
-/// the executor, then waiting for its spare threads to retire, makes every connection of the
-/// burst get a thread of its own.
-fn occupy_idle_executor_threads(port: u16) -> Vec<TcpStream> {
-    let held: Vec<TcpStream> = (0..4)
-        .map(|_| {
-            let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the executor");
-            stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-            stream
-                .write_all(b"GET /_executor/health HTTP/1.1\r\nhost: executor\r\n\r\n")
-                .expect("write");
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while first_response(&buf, false, false).is_none() {
-                let n = stream.read(&mut chunk).expect("read the executor's health");
-                assert!(n > 0, "the executor closed a kept-alive connection");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            stream
-        })
-        .collect();
-    // tiny_http retires an idle thread after 5 s once more than 4 exist.
-    sleep(Duration::from_secs(6));
-    held
-}
-
 struct Kind {
     name: &'static str,
     path: String,
@@ -1100,9 +1070,7 @@ fn h2_many_streams(stack: &Stack, vm_baseline: &Stats, rows: &mut Vec<Row>) {
     let config_file = dir.path().join("curl.cfg");
     std::fs::write(&config_file, config).expect("write curl config");
 
-    // Cleared first: the control connection's thread must retire with the other spare ones.
     stack.executor.clear_requests();
-    let held = occupy_idle_executor_threads(stack.executor.port());
     let before = stack.envoy.stats();
     let output = Command::new("curl")
         // Prior knowledge on the command line: given per transfer in the config (curl 7.88), every
@@ -1120,7 +1088,6 @@ fn h2_many_streams(stack: &Stack, vm_baseline: &Stats, rows: &mut Vec<Row>) {
         .expect("run curl (is it installed?)");
     let received = stack.executor.requests();
     let after = stack.envoy.stats();
-    drop(held);
 
     // status, content type and body of every request, by index.
     let mut answers: HashMap<usize, (u16, String, Vec<u8>)> = HashMap::new();

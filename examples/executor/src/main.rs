@@ -9,8 +9,11 @@
 //!                   [--webhook-prefix /v1/flow-webhook/]
 //! ```
 //!
-//! This file parses the arguments and runs the HTTP server; see `flows.rs` (definitions and step
-//! evaluation), `queue.rs` (run store and worker) and `server.rs` (endpoints).
+//! This file parses the arguments and runs the HTTP server (axum on hyper and tokio: HTTP/1.1 and
+//! HTTP/2 prior knowledge, every connection served however many arrive at once); see `flows.rs`
+//! (definitions and step evaluation), `queue.rs` (run store and worker) and `server.rs`
+//! (endpoints). Endpoints block (SQLite, injected delays), so each request runs on tokio's
+//! blocking pool and never holds up the connections' event loop.
 
 mod flows;
 mod queue;
@@ -20,14 +23,14 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::thread;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use queue::{FlowLookup, Queue};
 use server::App;
-
-/// Request-handling threads; each blocks in `recv()`, so a slow request only holds its own thread.
-const THREADS: usize = 16;
 
 /// The reference flow executor behind flowgate: runs the flows the filter admits, queues async
 /// runs durably in SQLite, serves the live flow directory and the `/_executor/*` test endpoints.
@@ -80,41 +83,53 @@ fn run(args: Args) -> Result<(), String> {
         .start_worker(lookup)
         .map_err(|e| format!("starting the worker: {e}"))?;
 
-    let server = Arc::new(tiny_http::Server::http(&args.listen).map_err(|e| format!("listen {}: {e}", args.listen))?);
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.to_string())
-        .unwrap_or(args.listen);
-    println!("flowgate-executor listening on http://{addr}");
-    let _ = std::io::stdout().flush();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("listen {}: {e}", args.listen))?;
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(args.listen);
+        println!("flowgate-executor listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+        let router = axum::Router::new().fallback(serve).with_state(app);
+        axum::serve(listener, router).await.map_err(|e| format!("serving: {e}"))
+    })
+}
 
-    let workers: Vec<_> = (0..THREADS)
-        .map(|i| {
-            let server = Arc::clone(&server);
-            let app = Arc::clone(&app);
-            thread::Builder::new()
-                .name(format!("http-{i}"))
-                .spawn(move || loop {
-                    let mut request = match server.recv() {
-                        Ok(request) => request,
-                        Err(e) => {
-                            eprintln!("flowgate-executor: accept failed: {e}");
-                            continue;
-                        }
-                    };
-                    let response = app.handle(&mut request);
-                    if let Err(e) = request.respond(response) {
-                        eprintln!("flowgate-executor: writing a response failed: {e}");
-                    }
-                })
-                .expect("spawn an http thread")
+/// Reads the whole request, answers it with [`App::handle`] on the blocking pool.
+async fn serve(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (head, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("could not read the request body: {e}")).into_response(),
+    };
+    let url = head.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let headers: Vec<(String, String)> = head
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
         })
         .collect();
-    for worker in workers {
-        let _ = worker.join();
+    let method = head.method.as_str().to_string();
+    let answer = tokio::task::spawn_blocking(move || app.handle(&method, &url, &headers, &body)).await;
+    let Ok(answer) = answer else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "the request handler failed").into_response();
+    };
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in answer.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(HeaderName::from_static(name), value);
+        }
     }
-    Ok(())
+    response
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ use serde_json::{json, Value};
 
 use crate::flows::{bind_body, Flow};
 
+mod deliveries;
+pub use deliveries::SyncDelivery;
+
 /// How many async runs may execute at once; more stay queued until a slot frees.
 const MAX_IN_FLIGHT: usize = 64;
 /// How often the dispatcher looks for queued runs when nobody wakes it.
@@ -86,6 +89,7 @@ impl Queue {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        deliveries::migrate(&conn)?;
         Ok(Queue {
             conn: Mutex::new(conn),
             wake: Mutex::new(None),
@@ -105,10 +109,15 @@ impl Queue {
              VALUES (?1, ?2, 'async', 'queued', ?3, ?4, ?5)",
             params![run_id, flow_id, now_ms(), content_type, body],
         )?;
+        self.wake();
+        Ok(run_id)
+    }
+
+    /// Tells the dispatcher a run was queued.
+    fn wake(&self) {
         if let Some(wake) = self.wake.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let _ = wake.send(());
         }
-        Ok(run_id)
     }
 
     /// Records a finished sync run (`Ok(output)` -> completed, `Err(message)` -> failed).

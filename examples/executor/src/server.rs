@@ -2,22 +2,41 @@
 //! `/_executor/*` control endpoints that demos and end-to-end tests use to inspect and steer the
 //! executor (received requests, runs, faults, flow changes).
 
-use std::io::Cursor;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use tiny_http::{Header, Request, Response};
 
 use crate::flows::{bind_body, load_file, Flow};
-use crate::queue::{now_ms, Queue};
+use crate::queue::{now_ms, Queue, SyncDelivery};
 
 /// Default path prefix of webhooks (the filter's default `webhook_path_prefix`).
 pub const DEFAULT_WEBHOOK_PREFIX: &str = "/v1/flow-webhook/";
 
-type Resp = Response<Cursor<Vec<u8>>>;
+/// A complete HTTP answer; `main.rs` writes it with the HTTP server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    fn new(status: u16, body: Vec<u8>) -> Resp {
+        Resp {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: &str) -> Resp {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+}
 
 /// A misbehaviour injected on purpose (`PUT /_executor/fault`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -67,9 +86,7 @@ impl Fault {
                 None
             }
             Fault::Status(s) => Some(json_response(s, &json!({"error": "injected fault", "status": s}))),
-            Fault::Garbage => Some(with_json_type(
-                Response::from_data(b"<html>oops".to_vec()).with_status_code(200),
-            )),
+            Fault::Garbage => Some(with_json_type(Resp::new(200, b"<html>oops".to_vec()))),
         }
     }
 }
@@ -157,33 +174,18 @@ impl App {
         }
     }
 
-    /// Answers one request (reading its body first).
-    pub fn handle(&self, request: &mut Request) -> Resp {
-        let mut body = Vec::new();
-        if let Err(e) = request.as_reader().read_to_end(&mut body) {
-            return error(400, &format!("could not read the request body: {e}"));
-        }
-        let method = request.method().as_str().to_ascii_uppercase();
-        let url = request.url().to_string();
+    /// Answers one request. `url` is the path with its query; header names are lower-case.
+    pub fn handle(&self, method: &str, url: &str, headers: &[(String, String)], body: &[u8]) -> Resp {
+        let method = method.to_ascii_uppercase();
         let path = url.split('?').next().unwrap_or("");
-        let headers: Vec<(String, String)> = request
-            .headers()
-            .iter()
-            .map(|h| {
-                (
-                    h.field.as_str().as_str().to_ascii_lowercase(),
-                    h.value.as_str().to_string(),
-                )
-            })
-            .collect();
 
         // Everything but the directory and the control endpoints is traffic Envoy forwarded.
         if path != "/v1/flows" && !path.starts_with("/_executor/") {
-            return self.forwarded(&method, &url, &headers, &body);
+            return self.forwarded(&method, url, headers, body);
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method.as_str(), segments.as_slice()) {
-            ("GET", ["v1", "flows"]) => self.directory(&headers),
+            ("GET", ["v1", "flows"]) => self.directory(headers),
             ("GET", ["_executor", "health"]) => json_response(200, &json!({"ok": true})),
             ("GET", ["_executor", "requests"]) => json_response(200, &Value::Array(lock(&self.received).clone())),
             ("DELETE", ["_executor", "requests"]) => {
@@ -200,16 +202,16 @@ impl App {
                 Err(e) => error(500, &format!("run store: {e}")),
             },
             ("GET", ["_executor", "fault"]) => json_response(200, &lock(&self.fault).to_json()),
-            ("PUT", ["_executor", "fault"]) => set_fault(&self.fault, &body),
+            ("PUT", ["_executor", "fault"]) => set_fault(&self.fault, body),
             ("GET", ["_executor", "directory-fault"]) => json_response(200, &lock(&self.directory_fault).to_json()),
-            ("PUT", ["_executor", "directory-fault"]) => set_fault(&self.directory_fault, &body),
+            ("PUT", ["_executor", "directory-fault"]) => set_fault(&self.directory_fault, body),
             ("GET", ["_executor", "flows"]) => {
                 let set = self.flows.read().unwrap_or_else(|e| e.into_inner());
                 let all: Vec<Value> = set.flows.iter().map(|f| Value::Object(f.raw.clone())).collect();
                 json_response(200, &json!({ "flows": all }))
             }
             ("PUT", ["_executor", "flows"]) => {
-                let flows = match std::str::from_utf8(&body)
+                let flows = match std::str::from_utf8(body)
                     .map_err(|e| format!("body is not UTF-8: {e}"))
                     .and_then(load_file)
                 {
@@ -225,14 +227,14 @@ impl App {
                 self.update_flows(|_| Ok(FlowSet::new(self.initial_flows.clone())))
             }
             ("POST", ["_executor", "flows"]) => {
-                let flow = match parse_json(&body).and_then(|v| Flow::from_json(&v)) {
+                let flow = match parse_json(body).and_then(|v| Flow::from_json(&v)) {
                     Ok(flow) => flow,
                     Err(e) => return error(400, &e),
                 };
                 self.update_flows(|set| Ok(set.with(flow)))
             }
             ("PUT", ["_executor", "flows", id]) => {
-                let patch = match parse_json(&body) {
+                let patch = match parse_json(body) {
                     Ok(Value::Object(patch)) => patch,
                     Ok(_) => return error(400, "expected a JSON object"),
                     Err(e) => return error(400, &e),
@@ -268,7 +270,6 @@ impl App {
             return resp;
         }
         let set = self.flows.read().unwrap_or_else(|e| e.into_inner());
-        let etag = Header::from_bytes(&b"ETag"[..], set.etag.as_bytes()).expect("valid header");
         let not_modified = header(headers, "if-none-match")
             // Weak comparison, as RFC 9110 asks for If-None-Match: `W/"x"` matches `"x"`.
             .is_some_and(|inm| {
@@ -277,9 +278,9 @@ impl App {
                     .any(|tag| tag == "*" || tag.trim_start_matches("W/") == set.etag)
             });
         if not_modified {
-            return Response::from_data(Vec::new()).with_status_code(304).with_header(etag);
+            return Resp::new(304, Vec::new()).with_header("etag", &set.etag);
         }
-        with_json_type(Response::from_data(set.directory.clone()).with_header(etag))
+        with_json_type(Resp::new(200, set.directory.clone()).with_header("etag", &set.etag))
     }
 
     /// A request Envoy forwarded. It is recorded first, whatever it is (so tests can see exactly
@@ -323,25 +324,49 @@ impl App {
 
         let content_type = header(headers, "content-type");
         let is_async = header(headers, "x-flowgate-mode").is_some_and(|m| m.eq_ignore_ascii_case("async"));
+        // Unique per (flow, delivery id): a repeat through any Envoy runs once (contract 8).
+        let delivery_id = header(headers, "x-flowgate-delivery-id");
         if is_async {
-            return match self.queue.enqueue(&flow.id, content_type, body) {
+            let queued = match delivery_id {
+                Some(id) => self.queue.enqueue_delivery(&flow.id, id, content_type, body),
+                None => self.queue.enqueue(&flow.id, content_type, body),
+            };
+            return match queued {
                 Ok(run_id) => json_response(202, &json!({ "run_id": run_id })),
                 Err(e) => error(503, &format!("could not queue the run: {e}")),
             };
         }
 
+        let claimed = match delivery_id {
+            Some(id) => match self.queue.claim_sync(&flow.id, id, content_type, body) {
+                Ok(SyncDelivery::Run(run_id)) => Some(run_id),
+                Ok(SyncDelivery::Done(result)) => return sync_answer(result),
+                Ok(SyncDelivery::Running) => return error(409, "this delivery is still running"),
+                Err(e) => return error(503, &format!("run store: {e}")),
+            },
+            None => None,
+        };
         thread::sleep(Duration::from_millis(flow.run_ms));
         let result = flow.run(bind_body(content_type, body));
-        if let Err(e) = self
-            .queue
-            .record_sync(&flow.id, received_at_ms, content_type, body, &result)
-        {
+        let recorded = match &claimed {
+            Some(run_id) => self.queue.finish_sync(run_id, &result).map(drop),
+            None => self
+                .queue
+                .record_sync(&flow.id, received_at_ms, content_type, body, &result)
+                .map(drop),
+        };
+        if let Err(e) = recorded {
             eprintln!("flowgate-executor: recording a sync run of {} failed: {e}", flow.id);
         }
-        match result {
-            Ok(output) => json_response(200, &output),
-            Err(e) => error(500, &e),
-        }
+        sync_answer(result)
+    }
+}
+
+/// A sync run's answer: its output, or 500 with the failure.
+fn sync_answer(result: Result<Value, String>) -> Resp {
+    match result {
+        Ok(output) => json_response(200, &output),
+        Err(e) => error(500, &e),
     }
 }
 
@@ -403,12 +428,12 @@ fn parse_json(body: &[u8]) -> Result<Value, String> {
 }
 
 fn with_json_type(resp: Resp) -> Resp {
-    resp.with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("valid header"))
+    resp.with_header("content-type", "application/json")
 }
 
 fn json_response(status: u16, value: &Value) -> Resp {
     let body = serde_json::to_vec(value).expect("JSON serialises");
-    with_json_type(Response::from_data(body).with_status_code(status))
+    with_json_type(Resp::new(status, body))
 }
 
 fn error(status: u16, message: &str) -> Resp {

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use super::abi::{self, Buffer, Map};
 use super::root::Vm;
+use crate::delivery::Store;
 use crate::metrics::Counter;
 use crate::reply::Reply;
 use crate::stream::{Action, Host, Site, Stream};
@@ -42,6 +43,10 @@ impl Host for Calls<'_> {
         abi::header_map(Map::ResponseHeaders)
     }
 
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        abi::header(Map::ResponseHeaders, name)
+    }
+
     fn code_details(&mut self) -> Vec<u8> {
         abi::property(&["response", "code_details"])
     }
@@ -71,6 +76,21 @@ impl Host for Calls<'_> {
             log::debug!("flowgate: refused: {}", code.as_str());
         }
         self.0.metrics.count(counter);
+    }
+}
+
+/// Envoy's shared data (delivery controls).
+impl Store for Calls<'_> {
+    fn get(&mut self, key: &str) -> (Option<Vec<u8>>, u32) {
+        abi::shared_data(key)
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+        abi::set_shared_data(key, value, cas)
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        abi::now_ms()
     }
 }
 

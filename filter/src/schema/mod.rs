@@ -10,7 +10,9 @@
 //! With the `schema` feature, [`json_schema`] is the JSON Schema of the plugin
 //! configuration (docs/config.schema.json).
 
+#[macro_use]
 pub mod values;
+pub mod delivery;
 
 use std::fmt;
 
@@ -19,6 +21,7 @@ use serde_json::error::Category;
 use serde_json::value::RawValue;
 use serde_path_to_error::Segment;
 
+pub use delivery::{DedupeEntry, DedupeKey, RateLimitEntry};
 pub use values::*;
 
 /// A configuration problem: where it is and what is wrong.
@@ -91,6 +94,10 @@ pub struct FlowEntry {
     // Kept raw here and read by `read_verify`: one reading of it in the wasm, not two.
     #[cfg_attr(feature = "schema", schemars(with = "Option<crate::verify::VerifyEntry>"))]
     pub verify: Option<Box<RawValue>>,
+    /// Answer a repeated delivery from the edge (contract 8).
+    pub dedupe: Option<DedupeEntry>,
+    /// Admitted deliveries per second, per Envoy process (contract 8).
+    pub rate_limit: Option<RateLimitEntry>,
 }
 
 /// A flow's webhook response: its status, content type and Jinja2 body template.

@@ -12,8 +12,8 @@ pub enum Action {
     Pause,
 }
 
-/// The host calls a stream makes.
-pub trait Host {
+/// The host calls a stream makes; shared data and the clock for its delivery controls.
+pub trait Host: crate::delivery::Store {
     /// The serialized request header map (`wire` layout); `None` when unreadable.
     fn request_headers(&mut self) -> Option<Vec<u8>>;
     /// The serialized request trailer map; `None` when unreadable.
@@ -25,6 +25,8 @@ pub trait Host {
     fn request_body(&mut self, size: usize) -> Vec<u8>;
     /// The serialized response header map (`wire` layout); `None` when unreadable.
     fn response_headers(&mut self) -> Option<Vec<u8>>;
+    /// One response header (an answer remembered for dedupe keeps its content type).
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
     /// Envoy's `response.code_details`: who made the response.
     fn code_details(&mut self) -> Vec<u8>;
     /// The first `size` bytes of the buffered response body.

@@ -26,6 +26,9 @@ fn config() -> PluginConfig {
         flow("f-async", serde_json::json!({"async": true})),
         flow("f-paused", serde_json::json!({"status": "paused"})),
         flow("f-small", serde_json::json!({"max_body_bytes": SMALL})),
+        flow("f-dedupe", serde_json::json!({"dedupe": {"key": "header:x-delivery", "window_s": 60}})),
+        flow("f-limited", serde_json::json!({"rate_limit": {"requests_per_second": 1, "burst": 2}})),
+        flow("f-dedupe-body", serde_json::json!({"async": true, "dedupe": {"key": "body:/id", "window_s": 60}})),
     ]});
     PluginConfig::parse(json.to_string().as_bytes()).unwrap()
 }
@@ -53,6 +56,8 @@ struct Envoy {
     at_answer_end: bool,
     counts: Vec<Counter>,
     unreadable: bool,
+    /// Envoy's shared data and clock (`tests/delivery.rs`).
+    store: crate::delivery::MemoryStore,
 }
 
 impl Envoy {
@@ -82,6 +87,10 @@ impl Host for Envoy {
     }
     fn response_headers(&mut self) -> Option<Vec<u8>> {
         Some(wire::encode_header_map(&self.response))
+    }
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        let (_, value) = self.response.iter().find(|(n, _)| n == name)?;
+        Some(value.as_bytes().to_vec())
     }
     fn code_details(&mut self) -> Vec<u8> {
         self.code_details.as_bytes().to_vec()
@@ -467,6 +476,7 @@ fn flowgates_own_reply_passes_back_untouched_and_the_request_stays_held() {
     assert!(!run.continued);
 }
 
+mod delivery;
 #[cfg(not(target_arch = "wasm32"))]
 mod properties;
 mod signed;

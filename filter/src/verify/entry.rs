@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::schema::DedupeKey;
+
 /// A flow's sender verification: the provider's scheme and the keys that may sign.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,4 +178,34 @@ pub enum TimestampUnit {
 pub enum KeyEncoding {
     Raw,
     Base64,
+}
+
+/// The provider's own delivery id, the same on every redelivery (`dedupe.key: "scheme"`,
+/// contract 8); `None` where the provider documents none (the operator names one instead).
+pub fn delivery_id(scheme: Scheme) -> Option<DedupeKey> {
+    let header = |name: &str| Some(DedupeKey::Header(name.into()));
+    let body = |pointer: &str| Some(DedupeKey::Body(pointer.into()));
+    match scheme {
+        Scheme::Github => header("x-github-delivery"),
+        Scheme::Shopify => header("x-shopify-webhook-id"),
+        Scheme::StandardWebhooks => header("webhook-id"),
+        Scheme::Svix => header("svix-id"),
+        Scheme::Twilio => header("i-twilio-idempotency-token"),
+        Scheme::Linear => header("linear-delivery"),
+        Scheme::Gitlab => header("idempotency-key"),
+        Scheme::Twitch => header("twitch-eventsub-message-id"),
+        Scheme::Stripe | Scheme::Intercom | Scheme::Discord | Scheme::Msteams => body("/id"),
+        Scheme::Slack => body("/event_id"),
+        Scheme::Pagerduty => body("/event/id"),
+        Scheme::Square | Scheme::Typeform => body("/event_id"),
+        Scheme::Okta => body("/eventId"),
+        Scheme::Zoom
+        | Scheme::Meta
+        | Scheme::Hubspot
+        | Scheme::Sendgrid
+        | Scheme::Dropbox
+        | Scheme::Calendly
+        | Scheme::Msgraph
+        | Scheme::Hmac => None,
+    }
 }

@@ -22,7 +22,7 @@ mod tests;
 use std::fmt;
 
 pub use delivery::Delivery;
-pub use entry::{Scheme, VerifyEntry};
+pub use entry::{delivery_id, Scheme, VerifyEntry};
 
 use crate::flows::Flow;
 use crate::reply::Refusal;

@@ -218,7 +218,21 @@ fn launch(opts: &EnvoyOptions) -> (Process, TempDir) {
 impl Envoy {
     /// Starts Envoy and returns once the admin interface says LIVE and the listener accepts.
     pub fn start(opts: EnvoyOptions) -> Envoy {
-        let (mut process, dir) = launch(&opts);
+        let (process, dir) = launch(&opts);
+        Envoy::ready(process, dir)
+    }
+
+    /// Starts Envoy on a bootstrap made elsewhere (a shipped example with its ports replaced).
+    pub fn start_bootstrap(bootstrap: Value, concurrency: u32) -> Envoy {
+        let dir = TempDir::new("envoy");
+        let config = dir.path().join("envoy.json");
+        fs::write(&config, serde_json::to_vec_pretty(&bootstrap).expect("json")).expect("write envoy bootstrap");
+        let process = Process::spawn(&envoy_binary(), &config, concurrency, None).unwrap_or_else(|e| panic!("{e}"));
+        Envoy::ready(process, dir)
+    }
+
+    /// Waits until the admin interface says LIVE and the first listener accepts.
+    fn ready(mut process: Process, dir: TempDir) -> Envoy {
         let deadline = Instant::now() + READY_TIMEOUT;
         let (admin_port, port) = loop {
             if let Some(status) = process.exited() {

@@ -113,41 +113,6 @@ fn slope_mib_per_min(samples: &[&Sample]) -> f64 {
     }
 }
 
-/// Upstream connections opened before the load (more than wrk's connections can keep busy).
-const WARM_CONNECTIONS: usize = 40;
-
-/// Opens Envoy's connections to the executor one at a time before the load starts.
-///
-/// The reference executor serves HTTP with tiny_http 0.12, which runs each connection on a thread
-/// of a pool for the connection's whole life. When a burst of new connections arrives while some
-/// pool threads are idle, its `TaskPool::spawn` queues them all for the idle threads (they are
-/// still counted as waiting until they wake) instead of starting new threads; a queued connection
-/// then waits until a thread is free, which with kept-alive connections is never: its request gets
-/// no answer and Envoy times out (504) after the route timeout. wrk's start, with Envoy opening
-/// many upstream connections at once, is such a burst. So: make the executor slow for a moment and
-/// send webhooks 40 ms apart, so each needs a new upstream connection and gets its own thread;
-/// Envoy keeps them in its pools for the load.
-fn warm_executor_connections(envoy: &Envoy, executor: &Executor, n: usize) {
-    let sync = Kind::sync();
-    let headers: Vec<(&str, &str)> = sync.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    executor.set_fault(serde_json::json!({"mode": "slow", "delay_ms": 40 * n as u64 + 500}));
-    std::thread::scope(|scope| {
-        for i in 0..n {
-            let headers = &headers;
-            let sync = &sync;
-            scope.spawn(move || {
-                sleep(Duration::from_millis(40 * i as u64));
-                let response = envoy.send(&sync.method, &sync.path, headers, sync.body.as_bytes());
-                if response.status != 200 {
-                    eprintln!("soak: warm-up request {i}: {} {}", response.status, response.text());
-                }
-            });
-        }
-        sleep(Duration::from_millis(40 * n as u64));
-        executor.set_fault(serde_json::json!({"mode": "none"}));
-    });
-}
-
 fn main() -> ExitCode {
     let args = parse_args(std::env::args().skip(1)).unwrap_or_else(|e| e.exit());
     wrk_binary();
@@ -180,7 +145,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    warm_executor_connections(&envoy, &executor, WARM_CONNECTIONS);
     let load_at_start = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let vm_before = vm_failure_stats(&envoy.stats());
     let uptime_before = server_info(envoy.admin_port()).map(|i| i.uptime_current_epoch_s);
@@ -345,9 +309,7 @@ fn main() -> ExitCode {
         "`scripts/soak.sh {}`: {:.1} minutes of mixed traffic through Envoy 1.40 (`--concurrency 2`) with \
          flowgate.wasm in front of the reference executor, wrk `-t{} -c{}` closed loop (the highest rate \
          the machine sustains), every thread rotating the request kinds: {}. Flow `f-1003`'s run time is \
-         cut to 10 ms so the executor keeps up, and {WARM_CONNECTIONS} connections from Envoy to the executor \
-         are opened one at a time before the load (the executor's tiny_http 0.12 leaves some of a burst \
-         of new connections unserved; see `warm_executor_connections` in tests/src/bin/soak.rs). \
+         cut to 10 ms so the executor keeps up. \
          Temporary files, the executor's run store among them, in `{}`. \
          Machine: {} CPUs, load average at start {}.\n",
         args.minutes,

@@ -8,7 +8,7 @@ use proptest::test_runner::{Config, RngSeed};
 use super::*;
 
 /// Cases per property (shrunk on failure); `PROPTEST_CASES` raises it for a long run.
-fn cases() -> Config {
+pub(super) fn cases() -> Config {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
