@@ -83,20 +83,40 @@ pub struct Scenario {
     /// get the upstream's answer.
     pub status: u16,
     pub class: Class,
+    /// What else the request carries (a signature, a delivery id).
+    pub extra: Extra,
 }
+
+/// Headers beyond the bearer token: what the scenarios of signed and controlled flows send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extra {
+    None,
+    /// `X-Hub-Signature-256` over the body with [`GITHUB_SECRET`] (flowgate verifies it; the
+    /// Lua peer checks the same flow's bearer token instead).
+    GithubSignature,
+    /// A new `X-Delivery-Id` on every request (every delivery is a first one).
+    UniqueDeliveryId,
+}
+
+/// The secret of the bench's GitHub-signed flow (a public test value).
+pub const GITHUB_SECRET: &str = "bench-github-secret";
 
 /// The webhook prefix: the only route of the flowgate listener with flowgate on.
 pub const WEBHOOK_PREFIX: &str = "/v1/flow-webhook/";
 const SYNC: &str = "/v1/flow-webhook/f-1001";
 const PAUSED: &str = "/v1/flow-webhook/f-1002";
 const ASYNC: &str = "/v1/flow-webhook/f-1003";
+const SIGNED: &str = "/v1/flow-webhook/f-signed";
+const DEDUPE: &str = "/v1/flow-webhook/f-dedupe";
+const LIMITED: &str = "/v1/flow-webhook/f-limited";
 
 /// The full scenario list, grouped by flow count (one Envoy per group).
 #[rustfmt::skip]
 pub fn scenarios() -> Vec<Scenario> {
     let s = |name, what, flows, path, valid_token, body_bytes, status, class| Scenario {
-        name, what, flows, path, valid_token, body_bytes, status, class,
+        name, what, flows, path, valid_token, body_bytes, status, class, extra: Extra::None,
     };
+    let with = |scenario: Scenario, extra| Scenario { extra, ..scenario };
     use Class::*;
     vec![
         s("sync", "admitted sync, seed template rendered", 10, SYNC, true, None, 200, Admitted),
@@ -109,6 +129,9 @@ pub fn scenarios() -> Vec<Scenario> {
         s("body-1k", "sync, 1 KiB JSON body", 10, SYNC, true, Some(1024), 200, Admitted),
         s("body-64k", "sync, 64 KiB JSON body", 10, SYNC, true, Some(64 * 1024), 200, Admitted),
         s("body-1m", "sync, 1 MiB JSON body", 10, SYNC, true, Some(1024 * 1024), 200, Admitted),
+        with(s("signed", "body-1k, signed like GitHub (verify; Lua checks a bearer token)", 10, SIGNED, true, Some(1024), 200, Admitted), Extra::GithubSignature),
+        with(s("dedupe", "body-1k, dedupe on a new X-Delivery-Id each time", 10, DEDUPE, true, Some(1024), 200, Admitted), Extra::UniqueDeliveryId),
+        s("rate-limit", "body-1k, under a rate limit (10^6/s)", 10, LIMITED, true, Some(1024), 200, Admitted),
         s("sync-10k", "sync, 10,000 flows configured", 10_000, SYNC, true, None, 200, Admitted),
         s("401-10k", "wrong token, 10,000 flows", 10_000, SYNC, false, None, 401, Rejected),
         s("sync-100k", "sync, 100,000 flows configured", 100_000, SYNC, true, None, 200, Admitted),
@@ -172,12 +195,47 @@ impl Demo {
 
     /// The first demo token of a flow.
     pub fn token(&self, flow_id: &str) -> Option<&str> {
-        let index = self.flows.iter().position(|f| f["id"] == flow_id)?;
+        // The signed and controlled flows are copies of the first demo flow, with its token.
+        let index = self.flows.iter().position(|f| f["id"] == flow_id).unwrap_or(0);
         self.tokens.get(index)?.first().map(String::as_str)
     }
 
-    /// `count` flows: the demo flows, then copies of them (cycling) with their own ids and tokens.
+    /// `count` flows: the demo flows, copies of f-1001 signed or with delivery controls (its
+    /// token for the Lua peer), then copies of the demo flows (cycling) with their own ids and tokens.
     fn flows(&self, count: usize) -> Vec<(Value, Vec<String>)> {
+        let mut flows = self.generated(count);
+        if let (Some(seed), Some(tokens)) = (self.flows.first(), self.tokens.first()) {
+            let controlled = |id: &str, field: &str, value: Value| {
+                let mut flow = seed.clone();
+                flow["id"] = json!(id);
+                flow[field] = value;
+                if field == "verify" {
+                    if let Some(flow) = flow.as_object_mut() {
+                        flow.remove("token_sha256");
+                    }
+                }
+                (flow, tokens.clone())
+            };
+            let extra = [
+                controlled(
+                    "f-signed",
+                    "verify",
+                    json!({"scheme": "github", "secrets": [GITHUB_SECRET]}),
+                ),
+                controlled(
+                    "f-dedupe",
+                    "dedupe",
+                    json!({"key": "header:X-Delivery-Id", "window_s": 60}),
+                ),
+                controlled("f-limited", "rate_limit", json!({"requests_per_second": 1_000_000})),
+            ];
+            let at = self.flows.len().min(flows.len());
+            flows.splice(at..at, extra);
+        }
+        flows
+    }
+
+    fn generated(&self, count: usize) -> Vec<(Value, Vec<String>)> {
         (0..count.max(self.flows.len()))
             .map(|i| {
                 let shape = i % self.flows.len();
@@ -271,11 +329,14 @@ mod tests {
         let demo = Demo::parse(DEMO).unwrap();
         let config: Value = serde_json::from_str(&demo.plugin_config(12)).unwrap();
         let flows = config["flows"].as_array().unwrap();
-        assert_eq!(flows.len(), 12);
+        // The 12 asked for, plus the signed and controlled copies of f-1001.
+        assert_eq!(flows.len(), 15);
         let ids: std::collections::HashSet<_> = flows.iter().map(|f| f["id"].as_str().unwrap()).collect();
-        assert_eq!(ids.len(), 12);
+        assert_eq!(ids.len(), 15);
+        let signed = flows.iter().find(|f| f["id"] == "f-signed").unwrap();
+        assert!(signed.get("token_sha256").is_none() && signed["verify"]["scheme"] == "github");
         let generated = demo.flows(12);
-        assert_eq!(generated[11].0["token_sha256"][0], sha256_hex(&generated[11].1[0]));
+        assert_eq!(generated[14].0["token_sha256"][0], sha256_hex(&generated[14].1[0]));
         assert_eq!(flows[0]["token_sha256"][0], sha256_hex(demo.token("f-1001").unwrap()));
     }
 

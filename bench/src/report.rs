@@ -1,6 +1,7 @@
 //! The results: medians over rounds, ratios taken within each round (so machine noise that
 //! hits all four listeners alike cancels), the goals, a Markdown report and an SVG chart.
 
+mod controls;
 mod goals;
 mod markdown;
 mod svg;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::envoy::{self, Envoy, Filters, Ports};
-use crate::plan::{self, Demo, Listener, Scenario};
+use crate::plan::{self, Demo, Extra, Listener, Scenario};
 use crate::report::{self, Measured, Memory};
 use crate::{wrk, Options};
 
@@ -139,6 +139,12 @@ impl Bench<'_> {
     ) -> Result<wrk::Run, String> {
         let body_file = self.body_file(scenario)?;
         let token = self.token(scenario);
+        let body = std::fs::read(&body_file).map_err(|e| format!("{}: {e}", body_file.display()))?;
+        let (header, unique) = match scenario.extra {
+            Extra::None => (None, None),
+            Extra::GithubSignature => (Some(("X-Hub-Signature-256", github_signature(&body))), None),
+            Extra::UniqueDeliveryId => (None, Some(("X-Delivery-Id", run_prefix()))),
+        };
         wrk::run(&wrk::Load {
             url: format!("http://127.0.0.1:{}{}", envoy.ports.listener(listener), scenario.path),
             seconds,
@@ -148,6 +154,8 @@ impl Bench<'_> {
             body_file: &body_file,
             cpu: self.o.pin.then_some(1),
             delay_ms,
+            header,
+            unique,
         })
     }
 
@@ -156,6 +164,12 @@ impl Bench<'_> {
         eprintln!("-- {}: {}", scenario.name, scenario.what);
         let body = std::fs::read(self.body_file(scenario)?).map_err(|e| e.to_string())?;
         let authorization = format!("Bearer {}", self.token(scenario));
+        let (signature, delivery) = (github_signature(&body), run_prefix());
+        let extra = match scenario.extra {
+            Extra::None => None,
+            Extra::GithubSignature => Some(("x-hub-signature-256", signature.as_str())),
+            Extra::UniqueDeliveryId => Some(("x-delivery-id", delivery.as_str())),
+        };
         let mut probe = [(0, false); Listener::COUNT];
         let mut answers: [Vec<u8>; Listener::COUNT] = Default::default();
         // Only the flowgate listener routes to `site`, and only what is not a webhook.
@@ -166,7 +180,13 @@ impl Bench<'_> {
                 envoy.ports.listener(listener),
                 "POST",
                 scenario.path,
-                &[("authorization", &authorization), ("content-type", "application/json")],
+                &[
+                    ("authorization", authorization.as_str()),
+                    ("content-type", "application/json"),
+                ]
+                .into_iter()
+                .chain(extra)
+                .collect::<Vec<_>>(),
                 &body,
             )
             .map_err(|e| format!("{} probe on {}: {e}", scenario.name, listener.name()))?;
@@ -277,4 +297,21 @@ impl Bench<'_> {
             delay_ms,
         })
     }
+}
+
+/// GitHub's `X-Hub-Signature-256` of `body` with the bench flow's secret.
+fn github_signature(body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(plan::GITHUB_SECRET.as_bytes()).expect("any key size");
+    mac.update(body);
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// A prefix of delivery ids no earlier run used (their ids are remembered for the window).
+fn run_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("bench-{nanos}-")
 }

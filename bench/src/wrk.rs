@@ -39,6 +39,10 @@ pub struct Load<'a> {
     pub cpu: Option<u32>,
     /// Each connection waits this long between requests (a paced load, not a saturating one).
     pub delay_ms: Option<u32>,
+    /// One more header on every request (a signature).
+    pub header: Option<(&'a str, String)>,
+    /// A header whose value is new on every request (a delivery id): this prefix, then a count.
+    pub unique: Option<(&'a str, String)>,
 }
 
 pub fn run(load: &Load<'_>) -> Result<Run, String> {
@@ -63,6 +67,18 @@ pub fn run(load: &Load<'_>) -> Result<Run, String> {
         .env("BENCH_TOKEN", load.token)
         .env("BENCH_BODY_FILE", load.body_file)
         .envs(load.delay_ms.map(|ms| ("BENCH_DELAY_MS", ms.to_string())))
+        .envs(load.header.iter().flat_map(|(name, value)| {
+            [
+                ("BENCH_HEADER_NAME", name.to_string()),
+                ("BENCH_HEADER_VALUE", value.clone()),
+            ]
+        }))
+        .envs(load.unique.iter().flat_map(|(name, prefix)| {
+            [
+                ("BENCH_UNIQUE_NAME", name.to_string()),
+                ("BENCH_UNIQUE_PREFIX", prefix.clone()),
+            ]
+        }))
         .output()
         .map_err(|e| format!("cannot run wrk: {e} (install it: scripts/setup.sh --bench)"))?;
     let text = String::from_utf8_lossy(&output.stdout);

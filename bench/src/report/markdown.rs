@@ -84,6 +84,7 @@ fn summary(md: &mut String, report: &Report) {
         );
     }
     md.push('\n');
+    super::controls::table(md, report);
 }
 
 pub fn markdown(report: &Report) -> String {
