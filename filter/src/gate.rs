@@ -12,7 +12,7 @@ use crate::flows::{Flow, Flows};
 use crate::reply::Refusal;
 use crate::route::{self, Route};
 use crate::schema::FlowStatus;
-use crate::verify::{self, Delivery, Verifier};
+use crate::verify::{self, Signed, Verifier};
 
 /// Header-name prefix flowgate owns: removed from every request, set only by flowgate.
 pub const OWN_HEADER_PREFIX: &[u8] = b"x-flowgate-";
@@ -68,7 +68,7 @@ pub struct Admission {
     pub flow: Rc<Flow>,
     pub body: BodyUse,
     /// What the flow's sender check reads (flows with `verify`), kept from the head.
-    pub sender: Option<Box<Delivery>>,
+    pub sender: Option<Box<Signed>>,
 }
 
 impl Admission {
@@ -82,7 +82,7 @@ impl Admission {
     /// the head arrived (`now_s`: Unix seconds, asked only for such a flow).
     pub fn capture(&mut self, headers: &[(&[u8], &[u8])], now_s: impl FnOnce() -> u64) {
         if self.flow.verify.is_some() {
-            self.sender = Some(Box::new(Delivery::new(headers, now_s())));
+            self.sender = Some(Box::new(Signed::new(headers, now_s())));
         }
     }
 
@@ -103,11 +103,7 @@ impl Admission {
         self.check_size(bytes.len() as u64)?;
         if self.flow.verify.is_some() {
             // Fails closed: without captured facts every signature header is missing.
-            verify::check(
-                &self.flow,
-                self.sender.as_deref().unwrap_or(&Delivery::default()),
-                bytes,
-            )?;
+            verify::check(&self.flow, self.sender.as_deref().unwrap_or(&Signed::default()), bytes)?;
         }
         let invalid = |detail| Refusal::InvalidBody { detail };
         match self.body {

@@ -21,7 +21,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use flowgate::config::PluginConfig;
 use flowgate::flows::Flow;
 use flowgate::reply::Refusal;
-use flowgate::verify::{self, Delivery};
+use flowgate::verify::{self, Signed};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -121,7 +121,7 @@ enum Input<'a> {
 
 fn run(flow: &Flow, headers: &[(Vec<u8>, Vec<u8>)], body: &[u8], now: u64) -> Result<(), Refusal> {
     let pairs: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
-    verify::check(flow, &Delivery::new(&pairs, now), body)
+    verify::check(flow, &Signed::new(&pairs, now), body)
 }
 
 fn no_secret_in(result: &Result<(), Refusal>, secrets: &[String]) {

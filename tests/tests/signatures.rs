@@ -70,6 +70,17 @@ fn signed_flows(vectors: &Value, status: &str) -> Value {
     json!({ "flows": flows })
 }
 
+/// A vector's request headers but its pseudo-headers (`:method`, `:path`, `:authority`).
+fn regular_headers(request: &Value) -> Vec<(&str, &str)> {
+    request["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| !h[0].as_str().unwrap().starts_with(':'))
+        .map(|h| (h[0].as_str().unwrap(), h[1].as_str().unwrap()))
+        .collect()
+}
+
 /// Sends a vector's request (`{"headers": [[name, value]...], "body": ...}`) as it was signed:
 /// `:authority` as `host`, the path as is.
 fn deliver(stack: &Stack, request: &Value) -> Response {
@@ -83,13 +94,7 @@ fn deliver(stack: &Stack, request: &Value) -> Response {
             .unwrap_or_default()
             .to_string()
     };
-    let mut headers: Vec<(&str, &str)> = request["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| !h[0].as_str().unwrap().starts_with(':'))
-        .map(|h| (h[0].as_str().unwrap(), h[1].as_str().unwrap()))
-        .collect();
+    let mut headers = regular_headers(request);
     let authority = header(":authority");
     headers.push(("host", &authority));
     stack.send(
@@ -328,13 +333,7 @@ fn signed_deliveries_are_verified_however_they_arrive() {
         let scheme = schemes(&vectors).iter().find(|s| self::name(s) == name).unwrap();
         let request = &scheme["new"];
         let body = request["body"].as_str().unwrap().as_bytes();
-        let headers: Vec<(&str, &str)> = request["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| !h[0].as_str().unwrap().starts_with(':'))
-            .map(|h| (h[0].as_str().unwrap(), h[1].as_str().unwrap()))
-            .collect();
+        let headers = regular_headers(request);
         let path = format!("/v1/flow-webhook/s-{name}");
         let (head, tail) = body.split_at(body.len() / 2);
         for how in ["chunked", "h2"] {

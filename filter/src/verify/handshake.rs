@@ -6,14 +6,14 @@
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use super::delivery::{self, Delivery};
 use super::entry::{Algorithm, Scheme};
 use super::hmac::mac;
+use super::signed::{self, Signed};
 use super::{tokens, Failure, Verifier};
 use crate::reply::Reply;
 
 /// A handshake answered before any signature: `None` when the request is not one.
-pub fn unsigned(verifier: &Verifier, delivery: &Delivery) -> Option<Result<Reply, Failure>> {
+pub fn unsigned(verifier: &Verifier, delivery: &Signed) -> Option<Result<Reply, Failure>> {
     let get = delivery.method() == b"GET";
     match verifier.scheme {
         Scheme::Msgraph => delivery.query_param("validationToken").map(|token| Ok(text(token))),
@@ -51,7 +51,7 @@ pub fn unsigned(verifier: &Verifier, delivery: &Delivery) -> Option<Result<Reply
 
 /// A signed handshake, answered once its signature verified with `secret` (the HMAC key
 /// that matched, for Zoom's answer).
-pub fn signed(verifier: &Verifier, delivery: &Delivery, body: &[u8], secret: Option<&[u8]>) -> Option<Reply> {
+pub fn signed(verifier: &Verifier, delivery: &Signed, body: &[u8], secret: Option<&[u8]>) -> Option<Reply> {
     // Typed reads of only the fields a handshake has (no JSON tree: it would cost wasm size).
     let event = || serde_json::from_slice::<Event>(body).ok();
     match verifier.scheme {
@@ -69,7 +69,7 @@ pub fn signed(verifier: &Verifier, delivery: &Delivery, body: &[u8], secret: Opt
                 return None;
             }
             let plain = event.payload?.plain_token?;
-            let encrypted = delivery::to_hex(&mac(Algorithm::Sha256, secret?, &[plain.as_bytes()]));
+            let encrypted = signed::to_hex(&mac(Algorithm::Sha256, secret?, &[plain.as_bytes()]));
             Some(json_reply(&ZoomAnswer {
                 plain_token: &plain,
                 encrypted_token: &encrypted,

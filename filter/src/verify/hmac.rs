@@ -6,8 +6,8 @@ use sha1::Sha1;
 use sha2::{Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-use super::delivery::{self, Delivery};
 use super::entry::{Algorithm, Encoding, HmacEntry, Scheme, TimestampUnit};
+use super::signed::{self, Signed};
 use super::{Failure, Key};
 
 /// Where the signatures sit in their header.
@@ -221,7 +221,7 @@ impl HmacScheme {
     /// Verifies a delivery with any of `keys`; on success, the key that matched.
     pub fn verify<'k>(
         &self,
-        delivery: &Delivery,
+        delivery: &Signed,
         body: &[u8],
         keys: &'k [Key],
         tolerance_s: u64,
@@ -259,7 +259,7 @@ impl HmacScheme {
         };
         let decoded: Vec<Vec<u8>> = signatures
             .iter()
-            .filter_map(|s| delivery::decode(self.encoding, s))
+            .filter_map(|s| signed::decode(self.encoding, s))
             .collect();
         if decoded.is_empty() {
             return Err(malformed());
@@ -296,7 +296,7 @@ impl HmacScheme {
     fn check_stamp<'d>(
         &self,
         stamp: &Stamp,
-        delivery: &'d Delivery,
+        delivery: &'d Signed,
         body: &[u8],
         field: Option<&'d [u8]>,
         tolerance_s: u64,
@@ -306,7 +306,7 @@ impl HmacScheme {
                 let text = delivery.require(name)?;
                 (
                     text,
-                    delivery::seconds(text, *unit).ok_or(Failure::Malformed(name.clone()))?,
+                    signed::seconds(text, *unit).ok_or(Failure::Malformed(name.clone()))?,
                 )
             }
             Stamp::Rfc3339Header(name) => {
@@ -320,11 +320,11 @@ impl HmacScheme {
             Stamp::Field => {
                 let text = field.ok_or(Failure::Malformed(self.header.clone()))?;
                 let seconds =
-                    delivery::seconds(text, TimestampUnit::Seconds).ok_or(Failure::Malformed(self.header.clone()))?;
+                    signed::seconds(text, TimestampUnit::Seconds).ok_or(Failure::Malformed(self.header.clone()))?;
                 (text, seconds)
             }
             Stamp::BodyMillis(field) => {
-                let millis = delivery::linear_timestamp_ms(body).ok_or(Failure::MissingField(field))?;
+                let millis = signed::linear_timestamp_ms(body).ok_or(Failure::MissingField(field))?;
                 (&[][..], millis / 1000)
             }
         };

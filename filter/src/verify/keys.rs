@@ -7,9 +7,9 @@ use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature as EcSignature, VerifyingKey as EcKey};
 use subtle::ConstantTimeEq;
 
-use super::delivery::{self, Delivery};
 use super::entry::{Algorithm, KeyEncoding, Scheme, TimestampUnit};
 use super::hmac::{mac, split_once};
+use super::signed::{self, Signed};
 use super::{Failure, Key};
 
 /// The DER header of a P-256 `SubjectPublicKeyInfo` (RFC 5480), before the 65-byte point:
@@ -25,18 +25,18 @@ pub fn parse(scheme: Scheme, key_encoding: KeyEncoding, text: &str) -> Result<Ke
     match scheme {
         Scheme::StandardWebhooks | Scheme::Svix => {
             if let Some(secret) = text.strip_prefix("whsec_") {
-                return delivery::base64(secret.as_bytes())
+                return signed::base64(secret.as_bytes())
                     .map(Key::Mac)
                     .ok_or("a whsec_ secret must be base64 after its prefix");
             }
             if let Some(public) = text.strip_prefix("whpk_") {
-                return ed25519(delivery::base64(public.as_bytes()))
+                return ed25519(signed::base64(public.as_bytes()))
                     .ok_or("a whpk_ key must be a base64 ed25519 public key after its prefix");
             }
             Err("must start with whsec_ (HMAC secret) or whpk_ (ed25519 public key)")
         }
         Scheme::Discord => {
-            ed25519(delivery::hex(text.as_bytes())).ok_or("must be the application's public key, 64 hex characters")
+            ed25519(signed::hex(text.as_bytes())).ok_or("must be the application's public key, 64 hex characters")
         }
         Scheme::Sendgrid => {
             let der: String = text
@@ -44,7 +44,7 @@ pub fn parse(scheme: Scheme, key_encoding: KeyEncoding, text: &str) -> Result<Ke
                 .filter(|line| !line.starts_with("-----"))
                 .collect::<Vec<_>>()
                 .concat();
-            delivery::base64(der.as_bytes())
+            signed::base64(der.as_bytes())
                 .and_then(|der| {
                     let point = der.strip_prefix(P256_SPKI_PREFIX.as_slice())?;
                     EcKey::from_sec1_bytes(point).ok()
@@ -52,13 +52,13 @@ pub fn parse(scheme: Scheme, key_encoding: KeyEncoding, text: &str) -> Result<Ke
                 .map(Key::P256)
                 .ok_or("must be the base64 (or PEM) P-256 public key SendGrid shows")
         }
-        Scheme::Msteams => delivery::base64(text.as_bytes())
+        Scheme::Msteams => signed::base64(text.as_bytes())
             .map(Key::Mac)
             .ok_or("must be the base64 security token Teams shows"),
         _ if text.is_empty() => Err("must not be empty"),
         _ => match key_encoding {
             KeyEncoding::Raw => Ok(Key::Mac(text.as_bytes().to_vec())),
-            KeyEncoding::Base64 => delivery::base64(text.as_bytes())
+            KeyEncoding::Base64 => signed::base64(text.as_bytes())
                 .map(Key::Mac)
                 .ok_or("must be base64 (hmac.key_encoding)"),
         },
@@ -73,7 +73,7 @@ fn ed25519(bytes: Option<Vec<u8>>) -> Option<Key> {
 /// Standard Webhooks (`webhook-` headers) or Svix (`svix-` headers, `webhook-` accepted too).
 pub fn standard_webhooks(
     prefix: &str,
-    delivery: &Delivery,
+    delivery: &Signed,
     body: &[u8],
     keys: &[Key],
     tolerance_s: u64,
@@ -87,7 +87,7 @@ pub fn standard_webhooks(
     };
     let (id, timestamp, signatures) = (header("id")?, header("timestamp")?, header("signature")?);
     let timestamp_name = format!("{prefix}timestamp");
-    let signed_at = delivery::seconds(timestamp, TimestampUnit::Seconds).ok_or(Failure::Malformed(timestamp_name))?;
+    let signed_at = signed::seconds(timestamp, TimestampUnit::Seconds).ok_or(Failure::Malformed(timestamp_name))?;
     delivery.check_fresh(signed_at, tolerance_s)?;
     let signed = [id, b".", timestamp, b".", body].concat();
     let mut well_formed = false;
@@ -95,7 +95,7 @@ pub fn standard_webhooks(
         let Some((version, signature)) = split_once(item, b',') else {
             continue;
         };
-        let Some(signature) = delivery::base64(signature) else {
+        let Some(signature) = signed::base64(signature) else {
             continue;
         };
         well_formed = true;
@@ -126,15 +126,15 @@ fn ed25519_verifies(key: &Key, message: &[u8], signature: &[u8]) -> bool {
 }
 
 /// Discord interactions: ed25519 over `<X-Signature-Timestamp><body>`, hex signature.
-pub fn discord(delivery: &Delivery, body: &[u8], keys: &[Key], tolerance_s: u64) -> Result<(), Failure> {
+pub fn discord(delivery: &Signed, body: &[u8], keys: &[Key], tolerance_s: u64) -> Result<(), Failure> {
     const SIGNATURE: &str = "x-signature-ed25519";
     const TIMESTAMP: &str = "x-signature-timestamp";
     let signature = delivery.require(SIGNATURE)?;
     let timestamp = delivery.require(TIMESTAMP)?;
-    let signature = delivery::hex(signature.trim_ascii())
+    let signature = signed::hex(signature.trim_ascii())
         .filter(|s| s.len() == 64)
         .ok_or(Failure::Malformed(SIGNATURE.into()))?;
-    let signed_at = delivery::seconds(timestamp, TimestampUnit::Seconds).ok_or(Failure::Malformed(TIMESTAMP.into()))?;
+    let signed_at = signed::seconds(timestamp, TimestampUnit::Seconds).ok_or(Failure::Malformed(TIMESTAMP.into()))?;
     delivery.check_fresh(signed_at, tolerance_s)?;
     let signed = [timestamp, body].concat();
     if keys.iter().any(|key| ed25519_verifies(key, &signed, &signature)) {
@@ -144,15 +144,15 @@ pub fn discord(delivery: &Delivery, body: &[u8], keys: &[Key], tolerance_s: u64)
 }
 
 /// SendGrid's Event Webhook: ECDSA P-256/SHA-256 over `<timestamp><body>`, a base64 DER signature.
-pub fn sendgrid(delivery: &Delivery, body: &[u8], keys: &[Key], tolerance_s: u64) -> Result<(), Failure> {
+pub fn sendgrid(delivery: &Signed, body: &[u8], keys: &[Key], tolerance_s: u64) -> Result<(), Failure> {
     const SIGNATURE: &str = "x-twilio-email-event-webhook-signature";
     const TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
     let signature = delivery.require(SIGNATURE)?;
     let timestamp = delivery.require(TIMESTAMP)?;
-    let signature = delivery::base64(signature.trim_ascii())
+    let signature = signed::base64(signature.trim_ascii())
         .and_then(|der| EcSignature::from_der(&der).ok())
         .ok_or(Failure::Malformed(SIGNATURE.into()))?;
-    let signed_at = delivery::seconds(timestamp, TimestampUnit::Seconds).ok_or(Failure::Malformed(TIMESTAMP.into()))?;
+    let signed_at = signed::seconds(timestamp, TimestampUnit::Seconds).ok_or(Failure::Malformed(TIMESTAMP.into()))?;
     delivery.check_fresh(signed_at, tolerance_s)?;
     let signed = [timestamp, body].concat();
     // A signer may write the high-S form of a signature; it verifies as its low-S twin.

@@ -5,13 +5,13 @@
 //! Families, one module each: [`hmac`] (the generic HMAC scheme and its presets), [`keys`]
 //! (Standard Webhooks, Svix, Discord, SendGrid), [`urls`] (Twilio, HubSpot's URL),
 //! [`tokens`] (Okta, GitLab, Microsoft Graph), [`handshake`]. Everything here is sans-I/O:
-//! the request facts come in a [`Delivery`], the outcome goes out as a [`Refusal`].
+//! the request facts come in a [`Signed`], the outcome goes out as a [`Refusal`].
 
-mod delivery;
 pub mod entry;
 mod handshake;
 mod hmac;
 mod keys;
+mod signed;
 mod time;
 mod tokens;
 mod urls;
@@ -21,8 +21,8 @@ mod tests;
 
 use std::fmt;
 
-pub use delivery::Delivery;
 pub use entry::{delivery_id, Scheme, VerifyEntry};
+pub use signed::Signed;
 
 use crate::flows::Flow;
 use crate::reply::Refusal;
@@ -238,7 +238,7 @@ impl Verifier {
     }
 
     /// Verifies the delivery; on success, the HMAC secret that matched, if the family has one.
-    fn verify(&self, delivery: &Delivery, body: &[u8]) -> Result<Option<&[u8]>, Failure> {
+    fn verify(&self, delivery: &Signed, body: &[u8]) -> Result<Option<&[u8]>, Failure> {
         let url = || delivery.url(self.public_url.as_deref());
         match &self.family {
             Family::Hmac(scheme) => {
@@ -266,7 +266,7 @@ impl Verifier {
 /// The sender checks of a flow with `verify`, once its body is in, in the contract's order:
 /// unsigned handshakes, method, signature, signed handshakes, then status (a paused flow is
 /// revealed only to a verified delivery). `Err` is what the edge answers instead.
-pub fn check(flow: &Flow, delivery: &Delivery, body: &[u8]) -> Result<(), Refusal> {
+pub fn check(flow: &Flow, delivery: &Signed, body: &[u8]) -> Result<(), Refusal> {
     let Some(verifier) = &flow.verify else {
         return Ok(());
     };

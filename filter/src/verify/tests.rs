@@ -53,7 +53,7 @@ fn check_at(flow: &Flow, request: &Value, now: u64) -> Result<(), Refusal> {
             )
         })
         .collect();
-    let delivery = Delivery::new(&headers, now);
+    let delivery = Signed::new(&headers, now);
     check(flow, &delivery, request["body"].as_str().unwrap().as_bytes())
 }
 

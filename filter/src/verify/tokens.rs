@@ -5,11 +5,11 @@
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::delivery::Delivery;
+use super::signed::Signed;
 use super::{Failure, Key};
 
 /// The header's value equals one of the keys.
-pub fn header_equals(delivery: &Delivery, header: &str, keys: &[Key]) -> Result<(), Failure> {
+pub fn header_equals(delivery: &Signed, header: &str, keys: &[Key]) -> Result<(), Failure> {
     let presented = delivery.require(header)?;
     if any_equals(presented, keys) {
         return Ok(());

@@ -5,18 +5,18 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::delivery::{self, Delivery};
 use super::entry::Algorithm;
 use super::hmac::mac;
+use super::signed::{self, Signed};
 use super::{Failure, Key};
 
 const TWILIO_SIGNATURE: &str = "x-twilio-signature";
 
 /// Twilio's request validation, as its helper libraries do it: the URL with and without
 /// its default port; form parameters sorted by name then value, each once.
-pub fn twilio(delivery: &Delivery, body: &[u8], keys: &[Key], url: &str) -> Result<(), Failure> {
+pub fn twilio(delivery: &Signed, body: &[u8], keys: &[Key], url: &str) -> Result<(), Failure> {
     let signature = delivery.require(TWILIO_SIGNATURE)?;
-    let signature = delivery::base64(signature.trim_ascii()).ok_or(Failure::Malformed(TWILIO_SIGNATURE.into()))?;
+    let signature = signed::base64(signature.trim_ascii()).ok_or(Failure::Malformed(TWILIO_SIGNATURE.into()))?;
     let form = delivery
         .header("content-type")
         .is_some_and(|t| t.to_ascii_lowercase().starts_with(b"application/x-www-form-urlencoded"));
@@ -34,7 +34,7 @@ pub fn twilio(delivery: &Delivery, body: &[u8], keys: &[Key], url: &str) -> Resu
         let claimed = delivery
             .query_param("bodySHA256")
             .ok_or(Failure::MissingField("bodySHA256"))?;
-        let actual = delivery::to_hex(&Sha256::digest(body));
+        let actual = signed::to_hex(&Sha256::digest(body));
         if !bool::from(claimed.to_ascii_lowercase().as_bytes().ct_eq(actual.as_bytes())) {
             return Err(Failure::NoKeyMatches);
         }

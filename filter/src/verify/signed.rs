@@ -8,18 +8,18 @@ use super::entry::{Encoding, TimestampUnit};
 use super::Failure;
 use crate::{body, route};
 
-/// The request facts a signature check reads, kept from the head until the body is in.
+/// A signed request's facts that its check reads, kept from the head until the body is in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delivery {
+pub struct Signed {
     /// Every request header (names lower-case, as Envoy gives them), pseudo-headers too.
     headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Unix seconds when the head arrived.
     pub received_at_s: u64,
 }
 
-impl Delivery {
-    pub fn new(headers: &[(&[u8], &[u8])], received_at_s: u64) -> Delivery {
-        Delivery {
+impl Signed {
+    pub fn new(headers: &[(&[u8], &[u8])], received_at_s: u64) -> Signed {
+        Signed {
             headers: headers
                 .iter()
                 .map(|(name, value)| (name.to_ascii_lowercase(), value.to_vec()))
@@ -152,9 +152,9 @@ pub fn seconds(text: &[u8], unit: TimestampUnit) -> Option<u64> {
 /// Linear's `webhookTimestamp` (milliseconds) from its JSON body.
 pub fn linear_timestamp_ms(body: &[u8]) -> Option<u64> {
     #[derive(serde::Deserialize)]
-    struct Delivery {
+    struct Signed {
         #[serde(rename = "webhookTimestamp")]
         webhook_timestamp: Option<u64>,
     }
-    serde_json::from_slice::<Delivery>(body).ok()?.webhook_timestamp
+    serde_json::from_slice::<Signed>(body).ok()?.webhook_timestamp
 }
