@@ -260,7 +260,11 @@ impl Stream {
                 request_body,
                 status,
                 ..
-            } if size > MAX_ANSWER_BYTES => self.too_large(host, &admission, request_body, status),
+            } if size > MAX_ANSWER_BYTES => match self.too_large(host, &admission, request_body, status) {
+                // Replied: the rest of the answer is dropped as it comes, not buffered.
+                Action::Pause => Action::Drop,
+                action => action,
+            },
             Phase::HoldingAnswer {
                 admission,
                 request_body,

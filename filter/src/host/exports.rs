@@ -37,6 +37,8 @@ fn stream(context_id: u32, event: impl FnOnce(&mut Http) -> Action) -> u32 {
     match action.unwrap_or(Action::Pause) {
         Action::Continue => 0,
         Action::Pause => 1,
+        // proxy-wasm's StopIterationNoBuffer.
+        Action::Drop => 3,
     }
 }
 

@@ -10,6 +10,9 @@ use crate::reply::Reply;
 pub enum Action {
     Continue,
     Pause,
+    /// Body data only: neither passed on nor kept. For an answer flowgate has already
+    /// replied to, so Envoy does not buffer it past its limit (its own plain-text 500).
+    Drop,
 }
 
 /// The host calls a stream makes; shared data and the clock for its delivery controls.

@@ -330,6 +330,18 @@ fn the_rendered_reply_replaces_the_answer_in_place_at_its_end() {
 }
 
 #[test]
+fn an_answer_too_large_to_hold_is_refused_and_dropped_not_buffered() {
+    let mut run = held_answer();
+    let huge = Event::ResponseBody {
+        chunk: vec![b' '; MAX_ANSWER_BYTES + 1],
+        end: false,
+    };
+    // Kept, Envoy's buffer would overflow into its own 500 before the reply goes out.
+    assert_eq!(run.event(huge), Action::Drop);
+    assert_eq!(run.reply(), (502, "executor_error".to_string()));
+}
+
+#[test]
 fn where_the_answer_cannot_be_replaced_the_reply_is_a_local_one() {
     // The host refuses the replacement.
     let mut run = held_answer();
