@@ -17,6 +17,7 @@ pub mod render;
 pub mod reply;
 pub mod route;
 pub mod schema;
+pub mod store;
 pub mod stream;
 pub mod verify;
 pub mod wire;
