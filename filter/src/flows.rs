@@ -53,6 +53,17 @@ pub struct Flow {
     pub controls: Controls,
 }
 
+/// Where a request's flow is found: a flow set, or the live directory's table.
+pub trait Lookup {
+    fn flow(&self, id: &str) -> Option<Rc<Flow>>;
+}
+
+impl Lookup for Flows {
+    fn flow(&self, id: &str) -> Option<Rc<Flow>> {
+        self.by_id.get(id).cloned()
+    }
+}
+
 /// The set of flows in force, by id.
 #[derive(Debug, Default)]
 pub struct Flows {
@@ -138,20 +149,10 @@ impl FlowsBuilder {
 
     /// Reads and adds the next chunk of entries (JSON texts) to a flow set under construction.
     pub fn add_texts<'t>(&self, partial: &mut PartialFlows, texts: impl Iterator<Item = &'t [u8]>, previous: &Flows) {
-        let first = partial.next_index;
-        let entries: Vec<(&[u8], Result<FlowEntry, ConfigError>)> = (first..)
-            .zip(texts)
-            .map(|(index, text)| (text, schema::read_flow(index, text)))
-            .collect();
+        let entries = self.build(partial.next_index, texts);
         partial.next_index += entries.len();
-        let templates = Rc::new(render::check_all((first..).zip(&entries).filter_map(
-            |(index, (_, entry))| {
-                let body = &entry.as_ref().ok()?.response.as_ref()?.body;
-                Some((template_name(index), body.as_str()))
-            },
-        )));
-        for (index, (text, entry)) in (first..).zip(entries) {
-            match entry.and_then(|entry| self.flow(index, entry, &templates)) {
+        for (index, (text, flow)) in (partial.next_index - entries.len()..).zip(entries) {
+            match flow {
                 Ok(flow) if partial.by_id.contains_key(&flow.id) => {
                     let at = schema::flow_at(index, &flow.id);
                     partial.problems.push(schema::error(at, "duplicate flow id".into()));
@@ -167,6 +168,29 @@ impl FlowsBuilder {
                 }
             }
         }
+    }
+
+    /// Reads and checks a chunk of entries (JSON texts) numbered from `first` (one template
+    /// environment for the chunk): each text with its flow or its problem.
+    pub fn build<'t>(
+        &self,
+        first: usize,
+        texts: impl Iterator<Item = &'t [u8]>,
+    ) -> Vec<(&'t [u8], Result<Flow, ConfigError>)> {
+        let entries: Vec<(&[u8], Result<FlowEntry, ConfigError>)> = (first..)
+            .zip(texts)
+            .map(|(index, text)| (text, schema::read_flow(index, text)))
+            .collect();
+        let templates = Rc::new(render::check_all((first..).zip(&entries).filter_map(
+            |(index, (_, entry))| {
+                let body = &entry.as_ref().ok()?.response.as_ref()?.body;
+                Some((template_name(index), body.as_str()))
+            },
+        )));
+        (first..)
+            .zip(entries)
+            .map(|(index, (text, entry))| (text, entry.and_then(|entry| self.flow(index, entry, &templates))))
+            .collect()
     }
 
     /// A flow from its checked entry: what no single field can check, and its template.

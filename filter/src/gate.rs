@@ -8,7 +8,7 @@ use minijinja::Value;
 use crate::auth::{self, Credentials};
 use crate::body;
 pub use crate::body::BodyUse;
-use crate::flows::{Flow, Flows};
+use crate::flows::{Flow, Lookup};
 use crate::reply::Refusal;
 use crate::route::{self, Route};
 use crate::schema::FlowStatus;
@@ -127,7 +127,7 @@ impl Admission {
 
 /// Decides a request from its head. `flows` is `None` while a live directory has
 /// never loaded and no static flows exist.
-pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -> Verdict<'p> {
+pub fn decide<'p>(prefix: &str, flows: Option<&dyn Lookup>, head: &RequestHead<'p>) -> Verdict<'p> {
     // The query may hold any bytes; only the path itself is routed.
     let path = head.path.split(|&b| b == b'?').next().unwrap_or_default();
     let Ok(path) = std::str::from_utf8(path) else {
@@ -155,7 +155,7 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
     let Some(flows) = flows else {
         return refuse(Refusal::DirectoryUnavailable);
     };
-    let Some(flow) = flows.get(flow_id) else {
+    let Some(flow) = flows.flow(flow_id) else {
         return refuse(Refusal::NotFound);
     };
     // A signed flow's provider may prove the endpoint with a GET, whatever the flow's methods.
@@ -183,7 +183,7 @@ pub fn decide<'p>(prefix: &str, flows: Option<&Flows>, head: &RequestHead<'p>) -
         return refuse(Refusal::Paused);
     }
     let admission = Admission {
-        flow: Rc::clone(flow),
+        flow: Rc::clone(&flow),
         body: BodyUse::of(
             head.content_type.is_some_and(body::is_json),
             flow.response.as_ref().is_some_and(|r| r.reads_request_body),

@@ -16,7 +16,7 @@ pub trait Store {
 /// Shared data in memory, as Envoy keeps it: for tests, benches and fuzzers.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    entries: HashMap<String, (Vec<u8>, u32)>,
+    pub(crate) entries: HashMap<String, (Vec<u8>, u32)>,
     pub now_ms: u64,
     /// Writes still to lose a race: the write lands (as another worker's would) but the
     /// caller is told its CAS number was stale.

@@ -120,7 +120,7 @@ impl Stream {
             Verdict::Refuse { refusal, flow_id } => {
                 let flow_limit = site
                     .flows
-                    .and_then(|flows| flows.get(flow_id))
+                    .and_then(|flows| flows.flow(flow_id))
                     .map(|f| f.max_body_bytes);
                 let limit = DRAIN_BYTES.min(flow_limit.unwrap_or(site.max_body_bytes));
                 let drains = !end_of_stream

@@ -1,21 +1,20 @@
 //! The live flow directory (contract 4), minus the I/O.
 //!
-//! Envoy runs one VM per worker. One of them fetches per interval (whoever wins the lease,
-//! a compare-and-swap on shared data); it checks and indexes the document once and
-//! publishes it with a generation number, and every VM loads a generation it has not seen
-//! yet, a step at a time. [`document`] is the document and its index, [`shared`] what the
-//! VMs share, [`sync`] the state machine that `host/root.rs` drives and [`protocol`] the
-//! events and commands between them.
+//! Envoy runs one VM per worker (and one on its main thread); the flow table is one per
+//! Envoy process, in shared data. One VM per interval fetches (whoever wins the lease, a
+//! compare-and-swap): it stores the answer in slices, checks its shape, then writes one
+//! record per flow, a step at a time ([`apply`]). Every VM looks each request's flow up in
+//! the table and keeps what it decoded in a small cache ([`table`]). [`shared`] is what
+//! the VMs share, [`scan`] reads an answer, and [`sync`] is the state machine that
+//! `host/root.rs` drives.
 
-pub mod document;
-pub mod protocol;
+pub mod apply;
+pub mod scan;
 pub mod shared;
 pub mod sync;
+pub mod table;
 
-pub use crate::flows::ENTRIES_PER_STEP;
-pub use document::{entries, index, Loading};
-
-/// How often a VM looks for a new generation: often enough that every worker sees a
+/// How often a VM looks at what was published: often enough that every worker sees a
 /// new set well within one refresh interval of its fetch.
 pub fn tick_ms(refresh_ms: u64) -> u64 {
     (refresh_ms / 10).clamp(50, 500)

@@ -1,55 +1,56 @@
 //! What the VMs of one Envoy process share about the directory (Envoy shared data, one
-//! store per `vm_id`), as bytes: the lease, the published record, and the document with
-//! its own record, under keys scoped to the plugin configuration.
-
-use std::hash::Hasher;
+//! store per `vm_id`), as bytes, under keys scoped to the plugin configuration: the lease,
+//! the published record, one record per flow, the ids whose entries were rejected, and the
+//! chunks of an answer being applied.
 
 use sha2::{Digest, Sha256};
-
-/// The three shared-data entries of a directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Key {
-    /// Who fetches next, and when ([`Lease`]).
-    Lease,
-    /// The record of the stored document ([`Published`]): small, so every VM polls it.
-    Published,
-    /// The indexed document followed by its own record ([`store`]).
-    Document,
-}
 
 /// The key names of one plugin configuration.
 #[derive(Clone, Debug)]
 pub struct Keys {
-    lease: String,
-    published: String,
-    document: String,
+    /// `flowgate.<scope>.`
+    prefix: String,
 }
 
 impl Keys {
     /// Keys under a short SHA-256 of the plugin configuration bytes. Envoy keeps shared data
     /// for the life of the process, across reconfigurations; a new configuration (another
     /// directory, other static flows) must start from nothing, not from the previous one's
-    /// document and ETag.
+    /// flows and ETag.
     pub fn scoped(configuration: &[u8]) -> Keys {
         let scope: String = Sha256::digest(configuration)
             .iter()
             .take(6)
             .map(|b| format!("{b:02x}"))
             .collect();
-        let key = |name: &str| format!("flowgate.{scope}.directory.{name}");
         Keys {
-            lease: key("lease"),
-            published: key("published"),
-            document: key("document"),
+            prefix: format!("flowgate.{scope}."),
         }
     }
 
-    pub fn name(&self, key: Key) -> &str {
-        match key {
-            Key::Lease => &self.lease,
-            Key::Published => &self.published,
-            Key::Document => &self.document,
-        }
+    /// Who fetches next, and when ([`Lease`]).
+    pub fn lease(&self) -> String {
+        format!("{}directory.lease", self.prefix)
+    }
+
+    /// What was last applied ([`Published`]): small, so every VM polls it.
+    pub fn published(&self) -> String {
+        format!("{}directory.published", self.prefix)
+    }
+
+    /// The ids whose latest entry was rejected, one per line.
+    pub fn rejected(&self) -> String {
+        format!("{}directory.rejected", self.prefix)
+    }
+
+    /// One flow's [`record`].
+    pub fn flow(&self, id: &str) -> String {
+        format!("{}flow.{id}", self.prefix)
+    }
+
+    /// The `n`th slice of an answer being applied.
+    pub fn chunk(&self, n: usize) -> String {
+        format!("{}directory.answer.{n}", self.prefix)
     }
 }
 
@@ -76,71 +77,67 @@ impl Lease {
     }
 }
 
-/// A published generation of the directory.
+/// What the directory's last applied answer left in force.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Published {
+    /// Counts applied answers that changed something.
     pub generation: u64,
-    /// When the document was fetched (milliseconds since the epoch).
+    /// When the answer was fetched (milliseconds since the epoch).
     pub fetched_at_ms: u64,
-    /// A hash of the indexed document: two publications of one generation number (a race
-    /// on a key that did not exist yet) are still told apart.
-    pub digest: u64,
+    /// Records written before the last full document are gone: they carry a lower epoch.
+    pub floor: u64,
+    pub flows: u64,
+    pub rejected: u64,
+    /// The directory's `version`, for the next `?since=` (empty: none).
+    pub version: String,
     pub etag: String,
 }
 
 impl Published {
     pub fn encode(&self) -> Vec<u8> {
-        let etag: String = self.etag.chars().filter(|c| !c.is_control()).collect();
-        format!("{} {} {:016x} {etag}", self.generation, self.fetched_at_ms, self.digest).into_bytes()
+        let clean = |text: &str| -> String { text.chars().filter(|c| !c.is_control()).collect() };
+        let version = clean(&self.version).replace(' ', "");
+        format!(
+            "{} {} {} {} {} v{version} {}",
+            self.generation,
+            self.fetched_at_ms,
+            self.floor,
+            self.flows,
+            self.rejected,
+            clean(&self.etag)
+        )
+        .into_bytes()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Published> {
         let text = std::str::from_utf8(bytes).ok()?;
-        let mut parts = text.splitn(4, ' ');
+        let mut parts = text.splitn(7, ' ');
+        let mut number = || parts.next()?.parse().ok();
         Some(Published {
-            generation: parts.next()?.parse().ok()?,
-            fetched_at_ms: parts.next()?.parse().ok()?,
-            digest: u64::from_str_radix(parts.next()?, 16).ok()?,
+            generation: number()?,
+            fetched_at_ms: number()?,
+            floor: number()?,
+            flows: number()?,
+            rejected: number()?,
+            version: parts.next()?.strip_prefix('v')?.to_string(),
             etag: parts.next().unwrap_or_default().to_string(),
         })
     }
 }
 
-/// The digest of an indexed document (SipHash with fixed keys: the same in every VM).
-pub fn digest(indexed: &[u8]) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(indexed);
-    hasher.finish()
+/// A flow's record: the epoch of the answer that wrote it (u64, little-endian), then its
+/// checked entry as the directory sent it. An empty entry: removed.
+pub fn record(epoch: u64, entry: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(8 + entry.len());
+    record.extend_from_slice(&epoch.to_le_bytes());
+    record.extend_from_slice(entry);
+    record
 }
 
-/// The stored form of a document: the indexed document, its record, and the record's
-/// length (u32, little-endian), so that one compare-and-swap replaces both together and a
-/// reader cuts the record off without copying the document.
-pub fn store(mut indexed: Vec<u8>, record: &Published) -> Vec<u8> {
-    let record = record.encode();
-    let length = u32::try_from(record.len()).unwrap_or_default();
-    indexed.extend_from_slice(&record);
-    indexed.extend_from_slice(&length.to_le_bytes());
-    indexed
-}
-
-/// The record of a stored document, and where it starts.
-fn split(stored: &[u8]) -> Option<(Published, usize)> {
-    let length_at = stored.len().checked_sub(4)?;
-    let record_at = length_at.checked_sub(crate::wire::read_u32(stored, length_at)?)?;
-    Some((Published::decode(stored.get(record_at..length_at)?)?, record_at))
-}
-
-/// The record of a stored document, without taking it apart.
-pub fn record(stored: &[u8]) -> Option<Published> {
-    split(stored).map(|(record, _)| record)
-}
-
-/// A stored document's record and its indexed document.
-pub fn open(mut stored: Vec<u8>) -> Option<(Published, Vec<u8>)> {
-    let (record, record_at) = split(&stored)?;
-    stored.truncate(record_at);
-    Some((record, stored))
+/// A record's epoch and entry; `None` if it is not a record.
+pub fn entry(record: &[u8]) -> Option<(u64, &[u8])> {
+    let epoch = u64::from_le_bytes(record.get(..8)?.try_into().ok()?);
+    Some((epoch, record.get(8..)?))
 }
 
 #[cfg(test)]
@@ -150,14 +147,15 @@ mod tests {
     #[test]
     fn keys_are_scoped_to_the_configuration() {
         let (a, b) = (Keys::scoped(b"{\"a\":1}"), Keys::scoped(b"{\"a\":2}"));
-        assert_ne!(a.name(Key::Document), b.name(Key::Document));
-        assert_eq!(a.name(Key::Lease), Keys::scoped(b"{\"a\":1}").name(Key::Lease));
-        let name = a.name(Key::Published);
+        assert_ne!(a.flow("f-1"), b.flow("f-1"));
+        assert_eq!(a.lease(), Keys::scoped(b"{\"a\":1}").lease());
+        let name = a.published();
         assert!(
             name.starts_with("flowgate.") && name.ends_with(".directory.published"),
             "{name}"
         );
         assert_eq!(name.len(), "flowgate..directory.published".len() + 12);
+        assert!(a.flow("f-1").ends_with(".flow.f-1"));
     }
 
     #[test]
@@ -173,36 +171,32 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip() {
+    fn published_records_round_trip() {
         let record = Published {
             generation: 3,
             fetched_at_ms: 99,
-            digest: 0xfeed,
+            floor: 2,
+            flows: 1_000_000,
+            rejected: 1,
+            version: "17".into(),
             etag: "\"abc def\"".into(),
         };
         assert_eq!(Published::decode(&record.encode()), Some(record));
         assert_eq!(Published::decode(b"x"), None);
         let odd = Published {
             etag: "W/\"a\r\nb\"".into(),
+            version: "a b\n".into(),
             ..Published::default()
         };
-        assert_eq!(Published::decode(&odd.encode()).unwrap().etag, "W/\"ab\"");
+        let decoded = Published::decode(&odd.encode()).unwrap();
+        assert_eq!((decoded.etag.as_str(), decoded.version.as_str()), ("W/\"ab\"", "ab"));
     }
 
     #[test]
-    fn stored_documents_carry_their_record() {
-        let record = Published {
-            generation: 7,
-            fetched_at_ms: 5,
-            digest: digest(b"indexed"),
-            etag: "e".into(),
-        };
-        let stored = store(b"indexed".to_vec(), &record);
-        assert_eq!(self::record(&stored), Some(record.clone()));
-        assert_eq!(open(stored.clone()), Some((record, b"indexed".to_vec())));
-        for cut in [0, 3, stored.len() - 1] {
-            assert_eq!(open(stored[..cut].to_vec()), None, "cut at {cut}");
-        }
-        assert_ne!(digest(b"a"), digest(b"b"));
+    fn flow_records_carry_their_epoch() {
+        let stored = record(7, b"{\"id\":\"f-1\"}");
+        assert_eq!(entry(&stored), Some((7, &b"{\"id\":\"f-1\"}"[..])));
+        assert_eq!(entry(&record(1, b"")), Some((1, &b""[..])));
+        assert_eq!(entry(b"short"), None);
     }
 }

@@ -1,78 +1,93 @@
-//! One VM's side of the directory sync, as a state machine without I/O. The host feeds it
-//! events (a tick, the fetch dispatched or answered, the result of a shared-data read or
-//! write) and carries out the commands it returns; `host/root.rs` does nothing else.
+//! One VM's side of the directory sync, as a state machine without I/O: the host calls
+//! [`Sync::on_tick`] and [`Sync::on_answer`] and carries out what the [`Host`] trait asks;
+//! `host/root.rs` does nothing else.
 //!
 //! Across the VMs of one Envoy process:
-//! - One VM per interval takes the lease (CAS) and fetches. A failed fetch backs off,
+//! - One VM per interval takes the lease (CAS) and fetches, with the last ETag and
+//!   `?since=<version>` when the directory gave one. A failed fetch backs off,
 //!   `refresh_ms · 2^n` up to [`MAX_BACKOFF_MS`], for every VM (the count is in the lease);
 //!   an answered one resets it.
-//! - An answer is published only if nothing was published since its fetch was dispatched:
-//!   the document key holds the document with its own record and is replaced by CAS, so a
-//!   slow answer never overwrites a newer one, and a document never pairs with another's
-//!   generation.
-//! - Every VM loads the stored document when the published record differs from the one
-//!   it loaded. A VM that starts while a generation is published serves nothing (503
-//!   `directory_unavailable`) until it has loaded it, never the static flows: it takes
-//!   [`FIRST_LOAD_STEPS`] steps at once, so a small directory is in before any request.
+//! - The fetching VM stores the answer in slices and applies it to the flow table a step
+//!   per tick ([`Apply`]), holding the lease until it is done, then publishes what is in
+//!   force. An answer is applied only if nothing was published since its fetch started.
+//! - Every VM serves the table as soon as anything is published, and the static flows
+//!   (if any) until then; with neither it answers 503 `directory_unavailable`.
 
 use std::rc::Rc;
 
-pub use super::protocol::{Access, Answer, Command, Counter, Event, Gauge, Level, Shared};
-use super::shared::{Lease, Published};
-use super::{document, tick_ms, Loading};
+use super::apply::{self, Apply, Progress};
+use super::shared::{Keys, Lease, Published};
+use super::tick_ms;
 use crate::config::Directory;
 use crate::flows::{Flows, FlowsBuilder};
+pub use crate::metrics::{Counter, Gauge};
+use crate::store::Store;
 
 /// A fetch is given this long before Envoy ends it as failed.
 pub const FETCH_TIMEOUT_MS: u64 = 5_000;
 /// The longest wait after failed fetches (or `refresh_ms`, if longer).
 pub const MAX_BACKOFF_MS: u64 = 60_000;
-/// Loading steps taken at once by a VM that has nothing to serve yet (1,000 entries).
-pub const FIRST_LOAD_STEPS: usize = 4;
+/// The lease of a VM applying an answer, renewed while it works.
+pub const APPLY_LEASE_MS: u64 = 20_000;
+/// An answer is stored in slices of this size (Envoy copies each into the VM and out again).
+pub const SLICE_BYTES: usize = 1 << 20;
 
-/// The fetch this VM has under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+}
+
+/// What requests are checked against.
+#[derive(Debug)]
+pub enum Serving {
+    Flows(Rc<Flows>),
+    /// The flow table in shared data; records below `floor` are gone.
+    Table { floor: u64 },
+}
+
+/// The host of the sync: shared data, the clock, and these.
+pub trait Host: Store {
+    /// Starts a `GET`; the call's token, or `None` if Envoy refused it.
+    fn fetch(&mut self, cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Option<u32>;
+    /// Bytes of the answer being handled (during [`Sync::on_answer`] only).
+    fn answer_body(&mut self, start: usize, length: usize) -> Vec<u8>;
+    fn tick_every(&mut self, ms: u64);
+    fn count(&mut self, counter: Counter);
+    fn gauge(&mut self, gauge: Gauge, value: u64);
+    fn log(&mut self, level: Level, message: &str);
+    fn serve(&mut self, serving: Serving);
+}
+
+/// A directory answer's head; `status` is `None` when the call ended without response
+/// headers (reset, or an answer over Envoy's `http.async_response_buffer_limit`).
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub status: Option<u16>,
+    pub etag: Option<String>,
+    pub size: usize,
+}
+
+/// The fetch (then the apply) this VM has under way, and the lease it holds for it.
 struct Pending {
     token: Option<u32>,
-    /// The generation published when it was dispatched.
-    after: u64,
+    /// What was published when it was dispatched.
+    after: Published,
     dispatched_at_ms: u64,
-    /// The lease as this VM took it: settled only if still so.
     lease: Lease,
+    applying: Option<Apply>,
 }
 
-/// An answer to publish: its indexed document, ETag and the generation it follows.
-struct Publication {
-    indexed: Vec<u8>,
-    etag: String,
-    after: u64,
-    /// Whether this VM wrote the empty generation 0 for it.
-    created: bool,
-}
-
-/// One VM's directory sync: what it serves, what it has seen published, and the fetch,
-/// publication or load it has under way.
 pub struct Sync {
     source: Directory,
+    keys: Keys,
     builder: FlowsBuilder,
-    /// The static flows, served until a generation is published.
+    /// The static flows, served until something is published.
     fallback: Option<Rc<Flows>>,
-    current: Option<Rc<Flows>>,
     started: bool,
-    now_ms: u64,
-    /// The published record and its CAS, as last read.
-    mirror: Option<Published>,
-    mirror_cas: u32,
-    /// The generation this VM serves.
+    /// What this VM serves: `None` before anything was published.
     seen: Option<Published>,
-    /// A record whose document did not load: not tried again until another is published.
-    unloadable: Option<Published>,
-    loading: Option<(Published, Loading)>,
-    taking: Option<Lease>,
     pending: Option<Pending>,
-    /// The lease this VM holds (as taken) and what to replace it with.
-    settling: Option<(Lease, Lease)>,
-    publishing: Option<Publication>,
-    published: Option<Published>,
 }
 
 /// The wait after `failures` failed fetches in a row.
@@ -81,197 +96,210 @@ pub fn backoff_ms(refresh_ms: u64, failures: u32) -> u64 {
     refresh_ms.saturating_mul(factor).min(MAX_BACKOFF_MS.max(refresh_ms))
 }
 
+fn published(host: &mut impl Host, keys: &Keys) -> Option<Published> {
+    Published::decode(&host.get(&keys.published()).0?)
+}
+
 impl Sync {
-    pub fn new(source: Directory, builder: FlowsBuilder, fallback: Option<Flows>) -> Sync {
+    pub fn new(source: Directory, keys: Keys, builder: FlowsBuilder, fallback: Option<Flows>) -> Sync {
         Sync {
             source,
+            keys,
             builder,
             fallback: fallback.map(Rc::new),
-            current: None,
             started: false,
-            now_ms: 0,
-            mirror: None,
-            mirror_cas: 0,
             seen: None,
-            unloadable: None,
-            loading: None,
-            taking: None,
             pending: None,
-            settling: None,
-            publishing: None,
-            published: None,
         }
     }
 
-    /// Handles `event` and every reply to the commands it leads to, in order.
-    pub fn run(&mut self, event: Event, mut execute: impl FnMut(Command) -> Option<Event>) {
-        let mut events = std::collections::VecDeque::from([event]);
-        while let Some(event) = events.pop_front() {
-            for command in self.handle(event) {
-                events.extend(execute(command));
-            }
-        }
-    }
-
-    pub fn handle(&mut self, event: Event) -> Vec<Command> {
-        match event {
-            Event::Tick {
-                now_ms,
-                lease,
-                published,
-            } => self.tick(now_ms, &lease, published),
-            Event::Dispatched { token } => match (&mut self.pending, token) {
-                (Some(pending), Some(token)) => {
-                    pending.token = Some(token);
-                    Vec::new()
-                }
-                (Some(_), None) => self.fail(format!("Envoy refused a call to cluster {:?}", self.source.cluster)),
-                (None, _) => Vec::new(),
-            },
-            Event::Answered {
-                token,
-                now_ms,
-                answer,
-                published,
-            } => match &self.pending {
-                Some(pending) if pending.token == Some(token) => {
-                    self.now_ms = now_ms;
-                    self.observe(published);
-                    self.answered(answer)
-                }
-                _ => Vec::new(),
-            },
-            Event::Read { access, value } => match access {
-                Access::LoadDocument => self.load(value),
-                Access::PublishDocument => self.publish(value),
-                Access::SettleLease => self.settled(value),
-                Access::TakeLease | Access::CreateDocument | Access::Mirror => Vec::new(),
-            },
-            Event::Wrote { access, ok } => self.wrote(access, ok),
-        }
-    }
-
-    fn observe(&mut self, published: Shared) {
-        self.mirror = published.value.as_deref().and_then(Published::decode);
-        self.mirror_cas = published.cas;
-    }
-
-    fn tick(&mut self, now_ms: u64, lease: &Shared, published: Shared) -> Vec<Command> {
-        self.now_ms = now_ms;
-        self.observe(published);
-        let mut out = Vec::new();
+    pub fn on_tick(&mut self, host: &mut impl Host) {
+        let now_ms = host.now_ms();
+        let now = published(host, &self.keys);
         if !self.started {
             self.started = true;
-            out.push(Command::TickEvery(tick_ms(self.source.refresh_ms)));
-            if let (None, Some(fallback)) = (&self.mirror, &self.fallback) {
-                out.push(Command::Serve(Rc::clone(fallback)));
+            host.tick_every(tick_ms(self.source.refresh_ms));
+            if let (None, Some(fallback)) = (&now, &self.fallback) {
+                host.serve(Serving::Flows(Rc::clone(fallback)));
             }
         }
-        if self.loading.is_some() {
-            self.step(&mut out, 1);
-        } else if self.mirror.is_some() && self.mirror != self.seen && self.mirror != self.unloadable {
-            out.push(Command::Read(Access::LoadDocument));
+        if let Some(now) = now {
+            self.follow(host, now);
+        }
+        if let Some(seen) = &self.seen {
+            host.gauge(Gauge::AgeSeconds, now_ms.saturating_sub(seen.fetched_at_ms) / 1000);
+        }
+        if self.pending.as_ref().is_some_and(|p| p.applying.is_some()) {
+            self.apply(host, now_ms);
+            return;
         }
         // A fetch whose answer never came is given up once its lease has run out.
         if self.pending.as_ref().is_some_and(|p| now_ms > p.lease.next_ms) {
             self.pending = None;
         }
-        let lease_now = Lease::decode(lease.value.as_deref()).unwrap_or_default();
-        if self.pending.is_none() && now_ms >= lease_now.next_ms {
+        let (value, cas) = host.get(&self.keys.lease());
+        let lease = Lease::decode(value.as_deref()).unwrap_or_default();
+        if self.pending.is_none() && now_ms >= lease.next_ms {
             let taken = Lease {
                 next_ms: now_ms + self.source.refresh_ms + FETCH_TIMEOUT_MS,
-                failures: lease_now.failures,
+                failures: lease.failures,
             };
-            self.taking = Some(taken);
-            out.push(Command::Write {
-                access: Access::TakeLease,
-                value: taken.encode(),
-                cas: lease.cas,
-            });
+            if host.set(&self.keys.lease(), &taken.encode(), cas) {
+                self.fetch(host, taken, now_ms);
+            }
         }
-        if let Some(seen) = &self.seen {
-            let age = now_ms.saturating_sub(seen.fetched_at_ms) / 1000;
-            out.push(Command::Gauge(Gauge::AgeSeconds, age));
-        }
-        out
     }
 
-    fn fetch(&mut self, lease: Lease) -> Vec<Command> {
+    /// Serves what is published now, if this VM does not already.
+    fn follow(&mut self, host: &mut impl Host, now: Published) {
+        if self.seen.as_ref() == Some(&now) {
+            return;
+        }
+        if self.seen.as_ref().map(|s| s.floor) != Some(now.floor) {
+            host.serve(Serving::Table { floor: now.floor });
+        }
+        host.gauge(Gauge::FlowsLoaded, now.flows);
+        host.gauge(Gauge::EntriesRejected, now.rejected);
+        self.fallback = None;
+        self.seen = Some(now);
+    }
+
+    fn fetch(&mut self, host: &mut impl Host, lease: Lease, now_ms: u64) {
+        let seen = self.seen.clone().unwrap_or_default();
+        let mut path = self.source.path.clone();
+        if !seen.version.is_empty() {
+            let separator = if path.contains('?') { '&' } else { '?' };
+            path = format!("{path}{separator}since={}", encode_query(&seen.version));
+        }
         let mut headers = vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), self.source.path.clone()),
-            (":authority".to_string(), self.source.authority.clone()),
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", self.source.authority.as_str()),
         ];
-        if let Some(etag) = self.mirror.as_ref().map(|m| &m.etag).filter(|e| !e.is_empty()) {
-            headers.push(("if-none-match".to_string(), etag.clone()));
+        if !seen.etag.is_empty() {
+            headers.push(("if-none-match", seen.etag.as_str()));
         }
+        let token = host.fetch(&self.source.cluster, &headers, FETCH_TIMEOUT_MS);
         self.pending = Some(Pending {
-            token: None,
-            after: self.mirror.as_ref().map_or(0, |m| m.generation),
-            dispatched_at_ms: self.now_ms,
+            token,
+            after: seen,
+            dispatched_at_ms: now_ms,
             lease,
+            applying: None,
         });
-        vec![Command::Fetch {
-            cluster: self.source.cluster.clone(),
-            headers,
-            timeout_ms: FETCH_TIMEOUT_MS,
-        }]
+        if token.is_none() {
+            let cluster = self.source.cluster.clone();
+            self.fail(host, &format!("Envoy refused a call to cluster {cluster:?}"));
+        }
     }
 
-    fn answered(&mut self, answer: Answer) -> Vec<Command> {
-        let after = self.pending.as_ref().map_or(0, |p| p.after);
+    pub fn on_answer(&mut self, host: &mut impl Host, token: u32, answer: Answer) {
+        match &self.pending {
+            Some(pending) if pending.token == Some(token) && pending.applying.is_none() => {}
+            _ => return,
+        }
         match answer.status {
             Some(304) => {
-                let mut out = vec![Command::Count(Counter::FetchNotModified)];
-                out.extend(self.settle(true));
-                out
+                host.count(Counter::FetchNotModified);
+                self.settle(host, true);
             }
-            Some(200) => match document::index(&answer.body) {
-                Err(problem) => self.fail(format!("the answer is not a flow list ({problem})")),
-                Ok(indexed) => {
-                    let mut out = vec![Command::Count(Counter::FetchOk)];
-                    out.extend(self.settle(true));
-                    let now_published = self.mirror.as_ref().map_or(0, |m| m.generation);
-                    if now_published == after {
-                        self.publishing = Some(Publication {
-                            indexed,
-                            etag: answer.etag.unwrap_or_default(),
-                            after,
-                            created: false,
-                        });
-                        out.push(Command::Read(Access::PublishDocument));
-                    } else {
-                        out.push(superseded());
-                    }
-                    out
-                }
-            },
-            Some(status) => self.fail(format!("status {status}")),
+            Some(200) => self.stage(host, answer),
+            Some(status) => self.fail(host, &format!("status {status}")),
             None => self.fail(
-                "no answer (connection failure, or an answer over Envoy's http.async_response_buffer_limit)".into(),
+                host,
+                "no answer (connection failure, or an answer over Envoy's http.async_response_buffer_limit)",
             ),
         }
     }
 
-    fn fail(&mut self, reason: String) -> Vec<Command> {
-        let mut out = vec![Command::Count(Counter::FetchFailed)];
-        let settle = self.settle(false);
-        let wait = self
-            .settling
-            .map_or(0, |(_, next)| next.next_ms.saturating_sub(self.now_ms));
-        out.push(Command::Log(
-            Level::Warn,
-            format!("directory fetch failed: {reason}; keeping the last good flows, next fetch in {wait} ms"),
-        ));
-        out.extend(settle);
-        out
+    /// Stores the answer in slices and starts applying it, unless something was published
+    /// since its fetch started.
+    fn stage(&mut self, host: &mut impl Host, answer: Answer) {
+        let Some(pending) = &mut self.pending else {
+            return;
+        };
+        let now = published(host, &self.keys).unwrap_or_default();
+        if now != pending.after {
+            host.log(Level::Info, "directory answer not applied: a newer one was published while it was fetched");
+            self.settle(host, true);
+            return;
+        }
+        let chunks = answer.size.div_ceil(SLICE_BYTES);
+        for n in 0..chunks {
+            let slice = host.answer_body(n * SLICE_BYTES, SLICE_BYTES);
+            host.set(&self.keys.chunk(n), &slice, 0);
+        }
+        let fetched_at_ms = host.now_ms();
+        let etag = answer.etag.unwrap_or_default();
+        pending.applying = Some(Apply::new(now, chunks, etag, fetched_at_ms));
+        host.tick_every(1);
     }
 
-    /// Hands the lease on: due `refresh_ms` after the fetch started, or backed off.
-    fn settle(&mut self, answered: bool) -> Vec<Command> {
-        let Some(pending) = self.pending.take() else {
-            return Vec::new();
+    /// One step of the answer being applied; publishes it once done.
+    fn apply(&mut self, host: &mut impl Host, now_ms: u64) {
+        let Some(pending) = &mut self.pending else {
+            return;
         };
+        // The lease is renewed while the answer applies; if it was taken meanwhile, it is theirs.
+        if pending.lease.next_ms < now_ms + APPLY_LEASE_MS / 2 {
+            let (value, cas) = host.get(&self.keys.lease());
+            let renewed = Lease {
+                next_ms: now_ms + APPLY_LEASE_MS,
+                failures: pending.lease.failures,
+            };
+            if Lease::decode(value.as_deref()) != Some(pending.lease) || !host.set(&self.keys.lease(), &renewed.encode(), cas) {
+                self.pending = None;
+                host.log(Level::Warn, "directory answer left unapplied: another VM took the lease");
+                host.tick_every(tick_ms(self.source.refresh_ms));
+                return;
+            }
+            pending.lease = renewed;
+        }
+        let Some(applying) = &mut pending.applying else {
+            return;
+        };
+        let progress = applying.step(host, &self.keys, &self.builder);
+        let problems = applying.take_problems();
+        for line in apply::log_lines(&problems) {
+            host.log(Level::Warn, &line);
+        }
+        match progress {
+            Progress::Working => {}
+            Progress::Done(published) => {
+                host.count(Counter::FetchOk);
+                host.log(
+                    Level::Info,
+                    &format!(
+                        "directory generation {} applied: {} flows, {} entries rejected",
+                        published.generation, published.flows, published.rejected
+                    ),
+                );
+                self.follow(host, published);
+                host.tick_every(tick_ms(self.source.refresh_ms));
+                self.settle(host, true);
+            }
+            Progress::Refused(problem) => {
+                host.tick_every(tick_ms(self.source.refresh_ms));
+                self.fail(host, &format!("the answer is not a flow list ({problem})"));
+            }
+        }
+    }
+
+    fn fail(&mut self, host: &mut impl Host, reason: &str) {
+        host.count(Counter::FetchFailed);
+        let wait = self.settle(host, false);
+        host.log(
+            Level::Warn,
+            &format!("directory fetch failed: {reason}; keeping the last good flows, next fetch in {wait} ms"),
+        );
+    }
+
+    /// Hands the lease on: due `refresh_ms` after the fetch started, or backed off. The wait.
+    fn settle(&mut self, host: &mut impl Host, answered: bool) -> u64 {
+        let Some(pending) = self.pending.take() else {
+            return 0;
+        };
+        let now_ms = host.now_ms();
         let next = if answered {
             Lease {
                 next_ms: pending.dispatched_at_ms + self.source.refresh_ms,
@@ -280,55 +308,29 @@ impl Sync {
         } else {
             let failures = pending.lease.failures.saturating_add(1);
             Lease {
-                next_ms: self.now_ms + backoff_ms(self.source.refresh_ms, failures),
+                next_ms: now_ms + backoff_ms(self.source.refresh_ms, failures),
                 failures,
             }
         };
-        self.settling = Some((pending.lease, next));
-        vec![Command::Read(Access::SettleLease)]
-    }
-
-    fn settled(&mut self, lease: Shared) -> Vec<Command> {
-        match self.settling.take() {
-            // Another VM took the lease meanwhile (this fetch outlived it): it is theirs.
-            Some((held, next)) if Lease::decode(lease.value.as_deref()) == Some(held) => vec![Command::Write {
-                access: Access::SettleLease,
-                value: next.encode(),
-                cas: lease.cas,
-            }],
-            _ => Vec::new(),
+        // Another VM took the lease meanwhile (this fetch outlived it): it is theirs.
+        let (value, cas) = host.get(&self.keys.lease());
+        if Lease::decode(value.as_deref()) == Some(pending.lease) {
+            host.set(&self.keys.lease(), &next.encode(), cas);
         }
-    }
-
-    fn wrote(&mut self, access: Access, ok: bool) -> Vec<Command> {
-        match access {
-            Access::TakeLease => match self.taking.take() {
-                Some(lease) if ok => self.fetch(lease),
-                _ => Vec::new(),
-            },
-            Access::PublishDocument => match self.published.take() {
-                // The record follows its document; a VM that finds them apart repairs it.
-                Some(record) if ok => vec![
-                    Command::Log(
-                        Level::Info,
-                        format!("directory generation {} published", record.generation),
-                    ),
-                    Command::Write {
-                        access: Access::Mirror,
-                        value: record.encode(),
-                        cas: 0,
-                    },
-                ],
-                _ => vec![superseded()],
-            },
-            Access::CreateDocument => vec![Command::Read(Access::PublishDocument)],
-            Access::SettleLease | Access::LoadDocument | Access::Mirror => Vec::new(),
-        }
+        next.next_ms.saturating_sub(now_ms)
     }
 }
 
-mod generations;
+/// A version as a query value: unreserved bytes as they are, the rest percent-encoded.
+fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;
-
-use generations::superseded;

@@ -1,7 +1,7 @@
 //! What a stream exchanges with its host: the calls it makes, what it answers each
 //! callback, the outcomes it counts and the per-VM facts it reads.
 
-use crate::flows::Flows;
+use crate::flows::Lookup;
 use crate::metrics::Counter;
 use crate::reply::Reply;
 
@@ -55,7 +55,7 @@ pub trait Host: crate::delivery::Store {
 pub struct Site<'a> {
     pub prefix: &'a str,
     /// `None` while a live directory has never loaded and no static flows exist.
-    pub flows: Option<&'a Flows>,
+    pub flows: Option<&'a dyn Lookup>,
     /// The configuration's `max_body_bytes`: the drain limit where no flow is known.
     pub max_body_bytes: u64,
 }

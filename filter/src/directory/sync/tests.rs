@@ -1,39 +1,80 @@
-//! The directory sync driven in-process: VMs of one "Envoy process" share a store that
-//! behaves like Envoy's shared data (one CAS counter; CAS 0, or an absent key, writes
-//! unconditionally), and the tests play the directory and the clock.
+//! The directory sync driven in-process: VMs of one "Envoy process" share one store that
+//! behaves like Envoy's shared data, and the tests play the directory and the clock.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
 use super::*;
-use crate::directory::shared::{self, Key, Published};
-use crate::directory::{index, ENTRIES_PER_STEP};
+use crate::directory::shared;
+use crate::directory::table::{Read, Table};
+use crate::flows::Lookup;
 use crate::schema::FlowStatus;
+use crate::store::MemoryStore;
 
 const REFRESH: u64 = 1000;
 const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+const CONFIG: &[u8] = b"{\"directory\": {}}";
 
-#[derive(Default)]
-struct Process {
-    shared: HashMap<Key, (Vec<u8>, u32)>,
-    last_cas: u32,
-    now_ms: u64,
-    last_token: u32,
-}
+type Shared = Rc<RefCell<MemoryStore>>;
 
-#[derive(Default)]
-struct Host {
-    serving: Option<Rc<Flows>>,
+struct Fake {
+    store: Shared,
+    serving: Option<Serving>,
     tick_ms: u64,
-    /// Fetches dispatched and not answered yet: token and headers.
     fetches: Vec<(u32, Vec<(String, String)>)>,
     counts: Vec<Counter>,
     gauges: HashMap<Gauge, u64>,
-    refuse_calls: bool,
+    logs: Vec<String>,
+    body: Vec<u8>,
+    tokens: u32,
+}
+
+impl Store for Fake {
+    fn get(&mut self, key: &str) -> (Option<Vec<u8>>, u32) {
+        self.store.borrow_mut().get(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+        self.store.borrow_mut().set(key, value, cas)
+    }
+    fn now_ms(&mut self) -> u64 {
+        self.store.borrow().now_ms
+    }
+}
+
+impl Host for Fake {
+    fn fetch(&mut self, _: &str, headers: &[(&str, &str)], _: u64) -> Option<u32> {
+        self.tokens += 1;
+        let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        self.fetches.push((self.tokens, headers));
+        Some(self.tokens)
+    }
+    fn answer_body(&mut self, start: usize, length: usize) -> Vec<u8> {
+        let end = (start + length).min(self.body.len());
+        self.body.get(start..end).unwrap_or_default().to_vec()
+    }
+    fn tick_every(&mut self, ms: u64) {
+        self.tick_ms = ms;
+    }
+    fn count(&mut self, counter: Counter) {
+        self.counts.push(counter);
+    }
+    fn gauge(&mut self, gauge: Gauge, value: u64) {
+        self.gauges.insert(gauge, value);
+    }
+    fn log(&mut self, _: Level, message: &str) {
+        self.logs.push(message.to_string());
+    }
+    fn serve(&mut self, serving: Serving) {
+        self.serving = Some(serving);
+    }
 }
 
 struct Vm {
     sync: Sync,
-    host: Host,
+    host: Fake,
 }
 
 fn source() -> Directory {
@@ -45,402 +86,359 @@ fn source() -> Directory {
     }
 }
 
-fn vm(fallback: Option<Flows>) -> Vm {
-    Vm {
-        sync: Sync::new(source(), FlowsBuilder::new(1024), fallback),
-        host: Host::default(),
+fn flow(id: &str, status: &str) -> Value {
+    json!({"id": id, "ref_id": "w", "status": status, "token_sha256": [DIGEST]})
+}
+
+fn full(flows: &[Value], version: Option<&str>) -> Vec<u8> {
+    let mut document = json!({ "flows": flows });
+    if let Some(version) = version {
+        document["version"] = json!(version);
     }
+    serde_json::to_vec(&document).unwrap()
 }
 
-/// A directory document: flows `(id, status)`, plus `extra` generated live flows.
-fn document(flows: &[(&str, &str)], extra: usize) -> Vec<u8> {
-    let flow = |id: &str, status: &str| serde_json::json!({"id": id, "ref_id": "w", "status": status, "token_sha256": [DIGEST]});
-    let mut all: Vec<_> = flows.iter().map(|(id, status)| flow(id, status)).collect();
-    all.extend((0..extra).map(|i| flow(&format!("g-{i}"), "live")));
-    serde_json::to_vec(&serde_json::json!({ "flows": all })).unwrap()
+fn generated(count: usize) -> Vec<Value> {
+    (0..count).map(|i| flow(&format!("g-{i}"), "live")).collect()
 }
 
-fn static_flows(flows: &[(&str, &str)]) -> Flows {
-    let Some((flows, problems)) = Loading::new(index(&document(flows, 0)).unwrap(), Rc::default())
-        .unwrap()
-        .step(&FlowsBuilder::new(1024))
-    else {
-        panic!("one step")
-    };
-    assert!(problems.is_empty());
-    flows
+/// An "Envoy process": its shared data, clock and VMs.
+struct Process {
+    store: Shared,
+    vms: Vec<Vm>,
 }
 
 impl Process {
-    fn read(&self, key: Key) -> Shared {
-        match self.shared.get(&key) {
-            Some((value, cas)) => Shared {
-                value: Some(value.clone()),
-                cas: *cas,
-            },
-            None => Shared::default(),
-        }
-    }
-
-    fn write(&mut self, key: Key, value: Vec<u8>, cas: u32) -> bool {
-        if let Some((_, current)) = self.shared.get(&key) {
-            if cas != 0 && cas != *current {
-                return false;
-            }
-        }
-        self.last_cas += 1;
-        self.shared.insert(key, (value, self.last_cas));
-        true
-    }
-
-    fn execute(&mut self, host: &mut Host, command: Command) -> Option<Event> {
-        match command {
-            Command::Fetch { headers, .. } => {
-                if host.refuse_calls {
-                    return Some(Event::Dispatched { token: None });
+    fn new(vms: usize, fallback: Option<&[Value]>) -> Process {
+        let store = Shared::default();
+        store.borrow_mut().now_ms = 1_000_000;
+        let vms = (0..vms)
+            .map(|_| {
+                let fallback = fallback.map(|flows| FlowsBuilder::new(1024).lenient(&texts(flows), &Flows::default()).0);
+                Vm {
+                    sync: Sync::new(source(), Keys::scoped(CONFIG), FlowsBuilder::new(1024), fallback),
+                    host: Fake {
+                        store: Rc::clone(&store),
+                        serving: None,
+                        tick_ms: 0,
+                        fetches: Vec::new(),
+                        counts: Vec::new(),
+                        gauges: HashMap::new(),
+                        logs: Vec::new(),
+                        body: Vec::new(),
+                        tokens: 0,
+                    },
                 }
-                self.last_token += 1;
-                host.fetches.push((self.last_token, headers));
-                Some(Event::Dispatched {
-                    token: Some(self.last_token),
-                })
-            }
-            Command::Read(access) => Some(Event::Read {
-                access,
-                value: self.read(access.key()),
-            }),
-            Command::Write { access, value, cas } => Some(Event::Wrote {
-                access,
-                ok: self.write(access.key(), value, cas),
-            }),
-            Command::Serve(flows) => {
-                host.serving = Some(flows);
-                None
-            }
-            Command::TickEvery(ms) => {
-                host.tick_ms = ms;
-                None
-            }
-            Command::Count(counter) => {
-                host.counts.push(counter);
-                None
-            }
-            Command::Gauge(gauge, value) => {
-                host.gauges.insert(gauge, value);
-                None
-            }
-            Command::Log(..) => None,
-        }
-    }
-
-    fn run(&mut self, vm: &mut Vm, event: Event) {
-        let Vm { sync, host } = vm;
-        sync.run(event, |command| self.execute(host, command));
-    }
-
-    fn tick(&mut self, vm: &mut Vm) {
-        let event = Event::Tick {
-            now_ms: self.now_ms,
-            lease: self.read(Key::Lease),
-            published: self.read(Key::Published),
-        };
-        self.run(vm, event);
-    }
-
-    /// Answers the VM's oldest outstanding fetch.
-    fn answer(&mut self, vm: &mut Vm, status: Option<u16>, etag: &str, body: Vec<u8>) {
-        assert!(!vm.host.fetches.is_empty(), "no fetch to answer");
-        let (token, _) = vm.host.fetches.remove(0);
-        let event = self.answered(token, status, etag, body);
-        self.run(vm, event);
-    }
-
-    fn answered(&self, token: u32, status: Option<u16>, etag: &str, body: Vec<u8>) -> Event {
-        Event::Answered {
-            token,
-            now_ms: self.now_ms,
-            answer: Answer {
-                status,
-                etag: Some(etag.to_string()),
-                body,
-            },
-            published: self.read(Key::Published),
-        }
-    }
-
-    /// Advances the clock in 50 ms ticks, ticking every VM each time.
-    fn advance(&mut self, vms: &mut [&mut Vm], ms: u64) {
-        for _ in 0..ms / 50 {
-            self.now_ms += 50;
-            for vm in vms.iter_mut() {
-                self.tick(vm);
-            }
-        }
-    }
-
-    /// Ticks until a VM has a fetch out: how many 50 ms ticks that took, and which VM.
-    fn until_fetch<'v>(&mut self, a: &'v mut Vm, b: &'v mut Vm) -> (usize, &'v mut Vm) {
-        for ticks in 1..=2_000 {
-            self.advance(&mut [&mut *a, &mut *b], 50);
-            if !a.host.fetches.is_empty() {
-                return (ticks, a);
-            }
-            if !b.host.fetches.is_empty() {
-                return (ticks, b);
-            }
-        }
-        panic!("no fetch within 100 s")
-    }
-
-    fn stored_record(&self) -> Option<Published> {
-        shared::record(&self.shared.get(&Key::Document)?.0)
-    }
-}
-
-fn status(vm: &Vm, id: &str) -> Option<FlowStatus> {
-    Some(vm.host.serving.as_ref()?.get(id)?.status)
-}
-
-fn outstanding(vms: &[&Vm]) -> usize {
-    vms.iter().map(|vm| vm.host.fetches.len()).sum()
-}
-
-fn if_none_match(vm: &Vm) -> Option<String> {
-    let (_, headers) = vm.host.fetches.first()?;
-    headers
-        .iter()
-        .find(|(n, _)| n == "if-none-match")
-        .map(|(_, v)| v.clone())
-}
-
-fn started() -> (Process, Vm, Vm) {
-    let mut process = Process {
-        now_ms: 1_000_000,
-        ..Process::default()
-    };
-    let (mut a, mut b) = (vm(None), vm(None));
-    process.tick(&mut a);
-    process.tick(&mut b);
-    (process, a, b)
-}
-
-#[test]
-fn one_vm_fetches_per_interval_and_every_vm_serves_what_it_published() {
-    let (mut process, mut a, mut b) = started();
-    assert_eq!(
-        (a.host.fetches.len(), b.host.fetches.len()),
-        (1, 0),
-        "one fetch per process"
-    );
-    assert!(a.host.serving.is_none(), "nothing to serve before the first load");
-    assert_eq!(a.host.tick_ms, tick_ms(REFRESH));
-    process.answer(&mut a, Some(200), "\"v1\"", document(&[("f-1", "live")], 0));
-    process.advance(&mut [&mut a, &mut b], 50);
-    assert_eq!(status(&a, "f-1"), Some(FlowStatus::Live));
-    assert_eq!(status(&b, "f-1"), Some(FlowStatus::Live));
-    assert_eq!(a.host.counts, [Counter::FetchOk]);
-    assert_eq!(b.host.gauges.get(&Gauge::FlowsLoaded), Some(&1));
-
-    // The next fetch is due one interval after the first started, conditional on its ETag.
-    process.advance(&mut [&mut a, &mut b], REFRESH - 100);
-    assert_eq!(outstanding(&[&a, &b]), 0);
-    process.advance(&mut [&mut a, &mut b], 100);
-    assert_eq!(outstanding(&[&a, &b]), 1);
-    let fetching = if a.host.fetches.is_empty() { &mut b } else { &mut a };
-    assert_eq!(if_none_match(fetching).as_deref(), Some("\"v1\""));
-    process.answer(fetching, Some(304), "\"v1\"", Vec::new());
-    assert_eq!(fetching.host.counts.last(), Some(&Counter::FetchNotModified));
-    assert_eq!(
-        process.stored_record().unwrap().generation,
-        1,
-        "a 304 publishes nothing"
-    );
-}
-
-#[test]
-fn failed_fetches_back_off_for_every_vm_and_an_answer_resets_it() {
-    let (mut process, mut a, mut b) = started();
-    // As when Envoy drops an answer over its buffer limit: no headers, no body.
-    process.answer(&mut a, None, "", Vec::new());
-    let mut waits = Vec::new();
-    for _ in 0..8 {
-        let (ticks, fetching) = process.until_fetch(&mut a, &mut b);
-        waits.push(ticks);
-        process.answer(fetching, None, "", Vec::new());
-    }
-    // In ticks of 50 ms: 2 s, 4 s, 8 s, 16 s, 32 s, then 60 s at most.
-    assert_eq!(waits, [40, 80, 160, 320, 640, 1200, 1200, 1200]);
-    let failed = [&a, &b]
-        .iter()
-        .flat_map(|vm| &vm.host.counts)
-        .filter(|c| **c == Counter::FetchFailed)
-        .count();
-    assert_eq!(failed, 9);
-
-    // One good answer and the interval is back to refresh_ms.
-    let (_, fetching) = process.until_fetch(&mut a, &mut b);
-    process.answer(fetching, Some(200), "\"v1\"", document(&[("f-1", "live")], 0));
-    assert_eq!(process.until_fetch(&mut a, &mut b).0, (REFRESH / 50) as usize);
-    assert_eq!(backoff_ms(1000, 0), 1000);
-    assert_eq!(backoff_ms(90_000, 5), 90_000, "never shorter than refresh_ms");
-    assert_eq!(backoff_ms(1000, u32::MAX), MAX_BACKOFF_MS);
-}
-
-#[test]
-fn a_refused_call_counts_as_a_failed_fetch() {
-    let mut process = Process::default();
-    let mut a = vm(None);
-    a.host.refuse_calls = true;
-    process.tick(&mut a);
-    assert_eq!(a.host.counts, [Counter::FetchFailed]);
-    process.advance(&mut [&mut a], 2 * REFRESH - 50);
-    assert_eq!(a.host.counts.len(), 1, "backed off");
-    process.advance(&mut [&mut a], 50);
-    assert_eq!(a.host.counts.len(), 2);
-}
-
-#[test]
-fn a_slow_answer_never_overwrites_a_newer_one() {
-    let (mut process, mut a, mut b) = started();
-    process.answer(&mut a, Some(200), "\"v1\"", document(&[("f-1", "live")], 0));
-    process.advance(&mut [&mut a, &mut b], REFRESH);
-    // The fetch for generation 2 hangs in A; once A's lease has run out, B fetches.
-    let slow = a.host.fetches.remove(0).0;
-    process.now_ms += REFRESH + FETCH_TIMEOUT_MS;
-    process.tick(&mut b);
-    process.answer(&mut b, Some(200), "\"v3\"", document(&[("f-1", "paused")], 0));
-    // A's answer arrives last, carrying an older state of the directory.
-    let late = process.answered(slow, Some(200), "\"v2\"", document(&[("f-1", "live")], 0));
-    process.run(&mut a, late);
-    process.advance(&mut [&mut a, &mut b], 50);
-    assert_eq!(process.stored_record().unwrap().etag, "\"v3\"");
-    assert_eq!(status(&a, "f-1"), Some(FlowStatus::Paused));
-    assert_eq!(status(&b, "f-1"), Some(FlowStatus::Paused));
-}
-
-#[test]
-fn two_vms_publishing_at_once_leave_one_consistent_generation() {
-    let (mut process, mut a, mut b) = started();
-    process.answer(&mut a, Some(200), "\"v1\"", document(&[("f-1", "live")], 0));
-    process.advance(&mut [&mut a, &mut b], REFRESH);
-    let (token_a, _) = a.host.fetches.remove(0);
-    process.now_ms += REFRESH + FETCH_TIMEOUT_MS;
-    process.tick(&mut b);
-    let (token_b, _) = b.host.fetches.remove(0);
-    // Both answers pass the check on the published record, then read the document...
-    let mut pending = Vec::new();
-    for (vm, token, etag, state) in [
-        (&mut a, token_a, "\"a\"", "paused"),
-        (&mut b, token_b, "\"b\"", "draft"),
-    ] {
-        let answered = process.answered(token, Some(200), etag, document(&[("f-1", state)], 0));
-        let commands = vm.sync.handle(answered);
-        assert!(matches!(commands.last(), Some(Command::Read(Access::PublishDocument))));
-        let replies: Vec<Event> = commands
-            .into_iter()
-            .filter_map(|c| process.execute(&mut vm.host, c))
+            })
             .collect();
-        pending.push(replies);
+        Process { store, vms }
     }
-    // ...and only the first compare-and-swap on the document wins.
-    for (vm, replies) in [&mut a, &mut b].into_iter().zip(pending) {
-        for reply in replies {
-            process.run(vm, reply);
+
+    fn advance(&self, ms: u64) {
+        self.store.borrow_mut().now_ms += ms;
+    }
+
+    fn tick(&mut self, vm: usize) {
+        let Vm { sync, host } = &mut self.vms[vm];
+        sync.on_tick(host);
+    }
+
+    fn tick_all(&mut self) {
+        for vm in 0..self.vms.len() {
+            self.tick(vm);
         }
     }
-    let record = process.stored_record().unwrap();
-    assert_eq!((record.generation, record.etag.as_str()), (2, "\"a\""));
-    let published = Published::decode(&process.read(Key::Published).value.unwrap()).unwrap();
-    assert_eq!(published, record, "the published record is the document's");
-    process.advance(&mut [&mut a, &mut b], 50);
-    assert_eq!(status(&a, "f-1"), Some(FlowStatus::Paused));
-    assert_eq!(status(&b, "f-1"), Some(FlowStatus::Paused));
-}
 
-#[test]
-fn a_new_vm_loads_the_published_generation_instead_of_its_static_flows() {
-    let mut process = Process::default();
-    let mut a = vm(Some(static_flows(&[("f-1", "live")])));
-    process.tick(&mut a);
-    assert_eq!(
-        status(&a, "f-1"),
-        Some(FlowStatus::Live),
-        "static flows until a first load"
-    );
-    process.answer(&mut a, Some(200), "\"v1\"", document(&[("f-1", "paused")], 0));
-    process.advance(&mut [&mut a], 50);
-    assert_eq!(status(&a, "f-1"), Some(FlowStatus::Paused));
-
-    // A VM rebuilt after a failure (or a new root context) with the same configuration.
-    let mut reborn = vm(Some(static_flows(&[("f-1", "live")])));
-    process.tick(&mut reborn);
-    assert_eq!(
-        status(&reborn, "f-1"),
-        Some(FlowStatus::Paused),
-        "loaded at its first tick"
-    );
-
-    // A large directory takes several ticks: nothing is served until it is in.
-    process.advance(&mut [&mut a], REFRESH);
-    let big = document(&[("f-1", "paused")], ENTRIES_PER_STEP * FIRST_LOAD_STEPS * 2);
-    process.answer(&mut a, Some(200), "\"big\"", big);
-    let mut large = vm(Some(static_flows(&[("f-1", "live")])));
-    process.tick(&mut large);
-    assert!(
-        large.host.serving.is_none(),
-        "neither the static flows nor a partial set"
-    );
-    assert_eq!(large.host.tick_ms, 1, "loading on every turn of the event loop");
-    process.advance(&mut [&mut large], 50 * (FIRST_LOAD_STEPS as u64 + 1));
-    assert_eq!(status(&large, "f-1"), Some(FlowStatus::Paused));
-    assert_eq!(large.host.tick_ms, tick_ms(REFRESH));
-}
-
-#[test]
-fn a_record_that_disagrees_with_the_stored_document_is_repaired() {
-    let (mut process, mut a, mut b) = started();
-    process.answer(&mut a, Some(200), "\"v1\"", document(&[("f-1", "live")], 0));
-    let stale = Published {
-        generation: 1,
-        digest: 7,
-        ..Published::default()
-    };
-    assert!(process.write(Key::Published, stale.encode(), 0));
-    process.advance(&mut [&mut a, &mut b], 100);
-    let published = Published::decode(&process.read(Key::Published).value.unwrap()).unwrap();
-    assert_eq!(Some(published), process.stored_record());
-    assert_eq!(status(&b, "f-1"), Some(FlowStatus::Live));
-}
-
-#[test]
-fn a_document_overwritten_by_an_empty_one_is_fetched_and_published_again() {
-    let (mut process, mut a, mut b) = started();
-    process.answer(&mut a, Some(200), "\"v1\"", document(&[("f-1", "live")], 0));
-    let empty = shared::store(Vec::new(), &Published::default());
-    assert!(process.write(Key::Document, empty, 0));
-    let (_, fetching) = process.until_fetch(&mut a, &mut b);
-    assert_eq!(if_none_match(fetching), None, "no ETag of a document that is gone");
-    process.answer(fetching, Some(200), "\"v1\"", document(&[("f-1", "paused")], 0));
-    process.advance(&mut [&mut a, &mut b], 50);
-    assert_eq!(process.stored_record().unwrap().generation, 1);
-    assert_eq!(status(&a, "f-1"), Some(FlowStatus::Paused));
-    assert_eq!(status(&b, "f-1"), Some(FlowStatus::Paused));
-}
-
-#[test]
-fn answers_that_are_not_flow_lists_keep_the_last_good_set() {
-    let (mut process, mut a, mut b) = started();
-    process.answer(&mut a, Some(200), "\"v1\"", document(&[("f-1", "live")], 0));
-    for (status, body) in [
-        (Some(200), b"[]".to_vec()),
-        (Some(500), Vec::new()),
-        (Some(404), b"{}".to_vec()),
-    ] {
-        let (_, fetching) = process.until_fetch(&mut a, &mut b);
-        process.answer(fetching, status, "\"x\"", body);
-        assert_eq!(fetching.host.counts.last(), Some(&Counter::FetchFailed));
+    /// The fetch a VM has under way, taken: its token and headers.
+    fn take_fetch(&mut self, vm: usize) -> Option<(u32, Vec<(String, String)>)> {
+        self.vms[vm].host.fetches.pop()
     }
-    process.advance(&mut [&mut a, &mut b], 50);
-    assert_eq!(process.stored_record().unwrap().generation, 1);
-    assert_eq!(status(&b, "f-1"), Some(FlowStatus::Live));
+
+    fn answer(&mut self, vm: usize, token: u32, status: u16, body: &[u8], etag: &str) {
+        let Vm { sync, host } = &mut self.vms[vm];
+        host.body = body.to_vec();
+        let answer = Answer {
+            status: Some(status),
+            etag: Some(etag.into()),
+            size: body.len(),
+        };
+        sync.on_answer(host, token, answer);
+        host.body.clear();
+    }
+
+    /// Ticks every VM (1 ms apart) until none is applying; how many ticks it took.
+    fn settle(&mut self) -> usize {
+        for ticks in 0..100_000 {
+            if self.vms.iter().all(|vm| vm.sync.pending.as_ref().is_none_or(|p| p.applying.is_none())) {
+                return ticks;
+            }
+            self.advance(1);
+            self.tick_all();
+        }
+        panic!("never settled");
+    }
+
+    /// Fetches with whichever VM takes the lease, answers, and applies.
+    fn serve(&mut self, status: u16, body: &[u8], etag: &str) -> Vec<(String, String)> {
+        self.advance(REFRESH);
+        self.tick_all();
+        let vm = (0..self.vms.len())
+            .find(|&vm| !self.vms[vm].host.fetches.is_empty())
+            .expect("a VM fetched");
+        let (token, headers) = self.take_fetch(vm).unwrap();
+        for other in 0..self.vms.len() {
+            assert!(self.vms[other].host.fetches.is_empty(), "two VMs fetched in one interval");
+        }
+        self.answer(vm, token, status, body, etag);
+        self.settle();
+        self.tick_all();
+        headers
+    }
+
+    /// A VM's lookup of `id`, as its requests see it.
+    fn lookup(&self, vm: usize, id: &str) -> Option<Rc<crate::flows::Flow>> {
+        match self.vms[vm].host.serving.as_ref()? {
+            Serving::Flows(flows) => flows.flow(id),
+            Serving::Table { floor } => {
+                let store = Rc::clone(&self.store);
+                let read: Read = Box::new(move |key| store.borrow_mut().get(key).0);
+                Table::new(Keys::scoped(CONFIG), FlowsBuilder::new(1024), read, *floor).flow(id)
+            }
+        }
+    }
+
+    fn status(&self, id: &str) -> Vec<Option<FlowStatus>> {
+        (0..self.vms.len()).map(|vm| self.lookup(vm, id).map(|f| f.status)).collect()
+    }
+
+    fn record_cas(&self, id: &str) -> u32 {
+        self.store.borrow_mut().get(&Keys::scoped(CONFIG).flow(id)).1
+    }
+}
+
+fn texts(flows: &[Value]) -> Vec<&'static [u8]> {
+    flows
+        .iter()
+        .map(|f| &*Box::leak(serde_json::to_vec(f).unwrap().into_boxed_slice()))
+        .collect()
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_full_document_applies_in_steps_and_every_vm_serves_it() {
+    let mut process = Process::new(3, None);
+    process.tick_all();
+    assert!(process.status("f-1").iter().all(Option::is_none), "nothing served yet");
+    let mut flows = generated(1200);
+    flows.push(flow("f-1", "paused"));
+    let body = full(&flows, Some("7"));
+    process.advance(REFRESH);
+    process.tick_all();
+    let vm = (0..3).find(|&vm| !process.vms[vm].host.fetches.is_empty()).unwrap();
+    let (token, headers) = process.take_fetch(vm).unwrap();
+    assert_eq!(header(&headers, ":path"), Some("/v1/flows"));
+    assert_eq!(header(&headers, "if-none-match"), None);
+    process.answer(vm, token, 200, &body, "\"e7\"");
+    let ticks = process.settle();
+    assert!(ticks >= 3, "1,201 entries applied in {ticks} steps");
+    process.tick_all();
+    assert_eq!(process.status("f-1"), vec![Some(FlowStatus::Paused); 3]);
+    assert_eq!(process.status("g-1199"), vec![Some(FlowStatus::Live); 3]);
+    assert_eq!(process.status("g-1200"), vec![None; 3]);
+    for vm in &process.vms {
+        assert_eq!(vm.host.gauges.get(&Gauge::FlowsLoaded), Some(&1201));
+        assert_eq!(vm.host.gauges.get(&Gauge::EntriesRejected), Some(&0));
+    }
+    // The slices of the answer are freed.
+    assert_eq!(process.store.borrow_mut().get(&Keys::scoped(CONFIG).chunk(0)).0, Some(Vec::new()));
+}
+
+#[test]
+fn the_next_fetch_asks_for_changes_and_a_change_moves_only_its_flows() {
+    let mut process = Process::new(2, None);
+    let flows = generated(600);
+    process.serve(200, &full(&flows, Some("v 1")), "\"e1\"");
+    let untouched = process.record_cas("g-5");
+    let changes = json!({"version": "2", "changed": [flow("g-1", "paused"), flow("n-1", "live")], "removed": ["g-2", "nope"]});
+    let headers = process.serve(200, &serde_json::to_vec(&changes).unwrap(), "\"e2\"");
+    assert_eq!(header(&headers, ":path"), Some("/v1/flows?since=v1"), "the version without its space");
+    assert_eq!(header(&headers, "if-none-match"), Some("\"e1\""));
+    assert_eq!(process.status("g-1"), vec![Some(FlowStatus::Paused); 2]);
+    assert_eq!(process.status("n-1"), vec![Some(FlowStatus::Live); 2]);
+    assert_eq!(process.status("g-2"), vec![None; 2]);
+    assert_eq!(process.record_cas("g-5"), untouched, "an unchanged flow's record was rewritten");
+    assert_eq!(process.vms[0].host.gauges.get(&Gauge::FlowsLoaded), Some(&600));
+    let headers = process.serve(304, b"", "\"e2\"");
+    assert_eq!(header(&headers, ":path"), Some("/v1/flows?since=2"));
+    assert!(process.vms.iter().any(|vm| vm.host.counts.contains(&Counter::FetchNotModified)));
+}
+
+#[test]
+fn a_full_document_removes_what_it_no_longer_holds_and_replaces_the_static_flows() {
+    let statics = [flow("s-1", "live")];
+    let mut process = Process::new(2, Some(&statics));
+    process.tick_all();
+    assert_eq!(process.status("s-1"), vec![Some(FlowStatus::Live); 2]);
+    process.serve(200, &full(&generated(3), None), "\"a\"");
+    assert_eq!(process.status("s-1"), vec![None; 2]);
+    assert_eq!(process.status("g-2"), vec![Some(FlowStatus::Live); 2]);
+    let headers = process.serve(200, &full(&generated(2), None), "\"b\"");
+    assert_eq!(header(&headers, ":path"), Some("/v1/flows"), "no version, no since");
+    assert_eq!(process.status("g-2"), vec![None; 2]);
+    assert_eq!(process.status("g-1"), vec![Some(FlowStatus::Live); 2]);
+    // A VM that starts now serves the table at once, never its static flows.
+    let mut late = Process::new(1, Some(&statics));
+    late.store = Rc::clone(&process.store);
+    late.vms[0].host.store = Rc::clone(&process.store);
+    late.tick(0);
+    assert_eq!(late.status("g-1"), vec![Some(FlowStatus::Live)]);
+    assert_eq!(late.status("s-1"), vec![None]);
+}
+
+#[test]
+fn a_rejected_entry_keeps_its_last_valid_version_through_full_documents_and_changes() {
+    let mut process = Process::new(2, None);
+    process.serve(200, &full(&[flow("f-1", "live"), flow("f-2", "live")], Some("1")), "\"a\"");
+    let bogus = flow("f-1", "bogus");
+    let bad_new = json!({"id": "f-bad", "ref_id": "w", "status": "live", "token_sha256": ["not-hex"]});
+    process.serve(200, &full(&[bogus.clone(), flow("f-2", "paused"), bad_new.clone()], Some("2")), "\"b\"");
+    assert_eq!(process.status("f-1"), vec![Some(FlowStatus::Live); 2], "last valid version");
+    assert_eq!(process.status("f-2"), vec![Some(FlowStatus::Paused); 2]);
+    assert_eq!(process.status("f-bad"), vec![None; 2]);
+    assert_eq!(process.vms[1].host.gauges.get(&Gauge::EntriesRejected), Some(&2));
+    assert_eq!(process.vms[1].host.gauges.get(&Gauge::FlowsLoaded), Some(&2));
+    let logs = process.vms.iter().flat_map(|vm| vm.host.logs.iter()).cloned().collect::<Vec<_>>().join("\n");
+    assert!(logs.contains("(id \"f-1\").status"), "{logs}");
+    assert!(logs.contains("(id \"f-bad\").token_sha256"), "{logs}");
+    // Changes that leave f-1 alone keep it rejected; fixing it clears it.
+    let changes = |changed: Vec<Value>, removed: Vec<&str>| {
+        serde_json::to_vec(&json!({"version": "3", "changed": changed, "removed": removed})).unwrap()
+    };
+    process.serve(200, &changes(vec![flow("f-2", "live")], vec![]), "\"c\"");
+    assert_eq!(process.vms[0].host.gauges.get(&Gauge::EntriesRejected), Some(&2));
+    assert_eq!(process.status("f-1"), vec![Some(FlowStatus::Live); 2]);
+    process.serve(200, &changes(vec![flow("f-1", "paused")], vec!["f-bad"]), "\"d\"");
+    assert_eq!(process.vms[0].host.gauges.get(&Gauge::EntriesRejected), Some(&0));
+    assert_eq!(process.status("f-1"), vec![Some(FlowStatus::Paused); 2]);
+}
+
+#[test]
+fn an_answer_that_is_not_a_flow_list_changes_nothing_and_backs_off() {
+    let mut process = Process::new(2, None);
+    process.serve(200, &full(&generated(10), None), "\"a\"");
+    let cas = process.record_cas("g-3");
+    let mut flows = generated(3000);
+    flows[3] = flow("g-3", "paused");
+    let mut truncated = full(&flows, None);
+    truncated.truncate(truncated.len() - 3);
+    process.serve(200, &truncated, "\"b\"");
+    assert_eq!(process.record_cas("g-3"), cas, "a record changed");
+    assert_eq!(process.status("g-3"), vec![Some(FlowStatus::Live); 2]);
+    assert_eq!(process.status("g-2999"), vec![None; 2]);
+    assert!(process.vms.iter().any(|vm| vm.host.counts.contains(&Counter::FetchFailed)));
+    // Backed off: nobody fetches one interval later.
+    process.advance(REFRESH);
+    process.tick_all();
+    assert!(process.vms.iter().all(|vm| vm.host.fetches.is_empty()));
+    process.advance(REFRESH);
+    process.tick_all();
+    assert!(process.vms.iter().any(|vm| !vm.host.fetches.is_empty()));
+}
+
+#[test]
+fn backoff_doubles_up_to_its_cap() {
+    assert_eq!(backoff_ms(1000, 0), 1000);
+    assert_eq!(backoff_ms(1000, 3), 8000);
+    assert_eq!(backoff_ms(1000, 40), MAX_BACKOFF_MS);
+    assert_eq!(backoff_ms(120_000, 2), 120_000);
+}
+
+/// One directory state per step, answered as a full document or as the changes since the
+/// last one, while VMs tick in any order: once settled, every VM serves the directory's
+/// valid flows, exactly.
+#[derive(Debug, Clone)]
+struct Step {
+    /// Flow id (of 8) → status, or absent; ids 6 and 7 are sometimes invalid.
+    flows: Vec<Option<u8>>,
+    full: bool,
+    ticks: Vec<usize>,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let step = (
+        proptest::collection::vec(proptest::option::of(0u8..4), 8),
+        any::<bool>(),
+        proptest::collection::vec(0usize..3, 0..6),
+    )
+        .prop_map(|(flows, full, ticks)| Step { flows, full, ticks });
+    proptest::collection::vec(step, 1..8)
+}
+
+fn entry(id: usize, state: u8) -> Value {
+    match state {
+        0 => flow(&format!("p-{id}"), "live"),
+        1 => flow(&format!("p-{id}"), "paused"),
+        2 => flow(&format!("p-{id}"), "draft"),
+        _ => flow(&format!("p-{id}"), "bogus"),
+    }
+}
+
+proptest! {
+    // Fixed seed: the same cases on every run.
+    #![proptest_config(ProptestConfig {
+        cases: 300,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x666c_6f77),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+    #[test]
+    fn every_vm_serves_the_directory_whatever_the_order(steps in steps()) {
+        let mut process = Process::new(3, None);
+        // What a flow is in force as: its last valid state.
+        let mut expected: Vec<Option<u8>> = vec![None; 8];
+        let mut previous: Vec<Option<u8>> = vec![None; 8];
+        for (n, step) in steps.iter().enumerate() {
+            let version = format!("{n}");
+            let body = if step.full || n == 0 {
+                let flows: Vec<Value> = step.flows.iter().enumerate().filter_map(|(id, s)| Some(entry(id, (*s)?))).collect();
+                full(&flows, Some(&version))
+            } else {
+                let changed: Vec<Value> = step.flows.iter().enumerate()
+                    .filter(|(id, s)| s.is_some() && **s != previous[*id])
+                    .filter_map(|(id, s)| Some(entry(id, (*s)?))).collect();
+                let removed: Vec<String> = step.flows.iter().enumerate()
+                    .filter(|(id, s)| s.is_none() && previous[*id].is_some())
+                    .map(|(id, _)| format!("p-{id}")).collect();
+                serde_json::to_vec(&json!({"version": version, "changed": changed, "removed": removed})).unwrap()
+            };
+            for (id, state) in step.flows.iter().enumerate() {
+                expected[id] = match state {
+                    None => None,
+                    Some(3) => expected[id],
+                    Some(s) => Some(*s),
+                };
+            }
+            previous = step.flows.clone();
+            for &vm in &step.ticks {
+                process.tick(vm);
+            }
+            process.serve(200, &body, &format!("\"{n}\""));
+            for id in 0..8 {
+                let want = expected[id].map(|s| [FlowStatus::Live, FlowStatus::Paused, FlowStatus::Draft][usize::from(s)]);
+                prop_assert_eq!(process.status(&format!("p-{id}")), vec![want; 3], "p-{} after step {}", id, n);
+            }
+        }
+    }
+}
+
+#[test]
+fn records_hold_what_the_directory_sent() {
+    let mut process = Process::new(1, None);
+    process.serve(200, &full(&[flow("f-1", "live")], None), "\"a\"");
+    let record = process.store.borrow_mut().get(&Keys::scoped(CONFIG).flow("f-1")).0.unwrap();
+    let (_, entry) = shared::entry(&record).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(entry).unwrap(), flow("f-1", "live"));
 }
