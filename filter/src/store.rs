@@ -48,4 +48,3 @@ impl Store for MemoryStore {
         self.now_ms
     }
 }
-

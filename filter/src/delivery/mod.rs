@@ -14,9 +14,9 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
+pub use crate::store::{MemoryStore, Store};
 use dedupe::{Answer, Claim, Seen};
 pub use limit::RateLimit;
-pub use crate::store::{MemoryStore, Store};
 
 use crate::flows::Flow;
 use crate::metrics::Counter;

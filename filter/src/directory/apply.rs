@@ -153,7 +153,12 @@ impl Apply {
         Ok(None)
     }
 
-    fn write(&mut self, store: &mut dyn Store, keys: &Keys, builder: &FlowsBuilder) -> Result<Option<Published>, String> {
+    fn write(
+        &mut self,
+        store: &mut dyn Store,
+        keys: &Keys,
+        builder: &FlowsBuilder,
+    ) -> Result<Option<Published>, String> {
         let mut texts: Vec<Vec<u8>> = Vec::new();
         let mut ended = false;
         while texts.len() < WRITE_PER_STEP {
@@ -238,7 +243,11 @@ impl Apply {
         let published = Published {
             generation: self.base.generation + u64::from(self.changed),
             fetched_at_ms: self.fetched_at_ms,
-            floor: if self.form == Form::Full { self.epoch } else { self.base.floor },
+            floor: if self.form == Form::Full {
+                self.epoch
+            } else {
+                self.base.floor
+            },
             flows: self.flows,
             rejected: self.rejected.len() as u64,
             version: self.version.clone().unwrap_or_default(),

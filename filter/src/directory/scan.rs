@@ -127,7 +127,8 @@ impl Scan {
                 Ok(Got(Some(match field {
                     Field::Entries => Item::Entry(range),
                     Field::Removed => Item::Removed(
-                        serde_json::from_slice(self.text(range)).map_err(|_| "\"removed\" must list ids".to_string())?,
+                        serde_json::from_slice(self.text(range))
+                            .map_err(|_| "\"removed\" must list ids".to_string())?,
                     ),
                 })))
             }
@@ -251,11 +252,21 @@ mod tests {
                 read(full, size).unwrap(),
                 (
                     Some(Form::Full),
-                    vec![r#"{"id": "a", "s": "]}"}"#.into(), "7".into(), r#""s""#.into(), "version 9".into()]
+                    vec![
+                        r#"{"id": "a", "s": "]}"}"#.into(),
+                        "7".into(),
+                        r#""s""#.into(),
+                        "version 9".into()
+                    ]
                 ),
                 "slices of {size}"
             );
-            let expected = vec!["version 12".into(), r#"{"id":"b"}"#.into(), "removed c".into(), "removed d".into()];
+            let expected = vec![
+                "version 12".into(),
+                r#"{"id":"b"}"#.into(),
+                "removed c".into(),
+                "removed d".into(),
+            ];
             assert_eq!(read(changes, size).unwrap(), (Some(Form::Changes), expected));
         }
         assert_eq!(read(br#"{"flows": []}"#, 3).unwrap(), (Some(Form::Full), vec![]));
@@ -270,11 +281,23 @@ mod tests {
         assert_eq!(refused(br#"{"flows": {}}"#), "\"flows\" is not an array");
         assert_eq!(refused(br#"{}"#), "no \"flows\" field");
         assert_eq!(refused(br#"{"flows": [1, 2"#), "the answer ends early");
-        assert_eq!(refused(br#"{"flows": [1 2]}"#), "not a flow directory: expected `,` or `]`");
-        assert_eq!(refused(br#"{"flows": [], "changed": []}"#), "an answer holds either \"flows\" or \"changed\"/\"removed\"");
+        assert_eq!(
+            refused(br#"{"flows": [1 2]}"#),
+            "not a flow directory: expected `,` or `]`"
+        );
+        assert_eq!(
+            refused(br#"{"flows": [], "changed": []}"#),
+            "an answer holds either \"flows\" or \"changed\"/\"removed\""
+        );
         assert_eq!(refused(br#"{"removed": [1]}"#), "\"removed\" must list ids");
-        assert_eq!(refused(br#"{"flows": []} x"#), "not a flow directory: expected nothing after the answer");
-        assert_eq!(refused(br#"{"flows": [], "version": null}"#), "\"version\" must be a string");
+        assert_eq!(
+            refused(br#"{"flows": []} x"#),
+            "not a flow directory: expected nothing after the answer"
+        );
+        assert_eq!(
+            refused(br#"{"flows": [], "version": null}"#),
+            "\"version\" must be a string"
+        );
         assert!(refused(br#"{"flows": [tru]}"#).starts_with("not a flow directory: expected ident"));
     }
 }

@@ -43,7 +43,9 @@ pub enum Level {
 pub enum Serving {
     Flows(Rc<Flows>),
     /// The flow table in shared data; records below `floor` are gone.
-    Table { floor: u64 },
+    Table {
+        floor: u64,
+    },
 }
 
 /// The host of the sync: shared data, the clock, and these.
@@ -220,7 +222,10 @@ impl Sync {
         };
         let now = published(host, &self.keys).unwrap_or_default();
         if now != pending.after {
-            host.log(Level::Info, "directory answer not applied: a newer one was published while it was fetched");
+            host.log(
+                Level::Info,
+                "directory answer not applied: a newer one was published while it was fetched",
+            );
             self.settle(host, true);
             return;
         }
@@ -247,9 +252,14 @@ impl Sync {
                 next_ms: now_ms + APPLY_LEASE_MS,
                 failures: pending.lease.failures,
             };
-            if Lease::decode(value.as_deref()) != Some(pending.lease) || !host.set(&self.keys.lease(), &renewed.encode(), cas) {
+            if Lease::decode(value.as_deref()) != Some(pending.lease)
+                || !host.set(&self.keys.lease(), &renewed.encode(), cas)
+            {
                 self.pending = None;
-                host.log(Level::Warn, "directory answer left unapplied: another VM took the lease");
+                host.log(
+                    Level::Warn,
+                    "directory answer left unapplied: another VM took the lease",
+                );
                 host.tick_every(tick_ms(self.source.refresh_ms));
                 return;
             }

@@ -136,7 +136,9 @@ mod tests {
         let table = table(&store, 0);
         for i in 0..CACHED_FLOWS * 3 {
             let id = format!("g-{i}");
-            store.borrow_mut().set(&keys.flow(&id), &shared::record(0, &entry(&id, "live")), 0);
+            store
+                .borrow_mut()
+                .set(&keys.flow(&id), &shared::record(0, &entry(&id, "live")), 0);
             assert!(table.flow(&id).is_some());
             assert!(table.cached() <= CACHED_FLOWS);
         }

@@ -182,9 +182,14 @@ pub fn http_call(cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Op
 
 /// The first `size` bytes of a buffer; empty when there are none or on failure.
 pub fn buffer(kind: Buffer, size: usize) -> Vec<u8> {
+    buffer_at(kind, 0, size)
+}
+
+/// Bytes `start..start + size` of a buffer (fewer where it ends; empty if unavailable).
+pub fn buffer_at(kind: Buffer, start: usize, size: usize) -> Vec<u8> {
     let (mut data, mut size_out) = (null_mut(), 0);
     // SAFETY: as in `header_map`.
-    let status = unsafe { proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut size_out) };
+    let status = unsafe { proxy_get_buffer_bytes(kind, start, size, &mut data, &mut size_out) };
     returned(status, data, size_out).unwrap_or_default()
 }
 

@@ -107,7 +107,7 @@ impl Http {
         let flows = vm.flows.borrow();
         let site = Site {
             prefix: &vm.prefix,
-            flows: flows.as_deref(),
+            flows: flows.lookup(),
             max_body_bytes: vm.max_body_bytes,
         };
         self.stream.on_request_headers(&mut Calls(vm), site, end_of_stream)

@@ -1,7 +1,7 @@
 //! The root context: loads the plugin configuration, makes a `Stream` per request, and
 //! drives the live directory's sync (`directory::sync`): it turns host callbacks into
-//! events and the sync's commands into host calls, and decides nothing itself. Every host
-//! call here returns failures as values (`abi`), so no answer can trap the VM.
+//! calls of the sync and the sync's requests into host calls, and decides nothing itself.
+//! Every host call here returns failures as values (`abi`), so no answer can trap the VM.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,15 +9,36 @@ use std::rc::Rc;
 use super::abi::{self, Buffer, Map};
 use super::metrics::Metrics;
 use crate::config::PluginConfig;
-use crate::directory::shared::{Key, Keys};
-use crate::directory::sync::{Answer, Command, Event, Level, Shared, Sync};
-use crate::flows::{Flows, FlowsBuilder};
+use crate::directory::shared::Keys;
+use crate::directory::sync::{Answer, Counter, Gauge, Host, Level, Serving, Sync};
+use crate::directory::table::Table;
+use crate::flows::{Flows, FlowsBuilder, Lookup};
+use crate::store::Store;
+
+/// Where this VM's requests find their flows.
+#[derive(Default)]
+pub enum Flowset {
+    /// A live directory that never loaded, and no static flows.
+    #[default]
+    Nothing,
+    Flows(Rc<Flows>),
+    Table(Rc<Table>),
+}
+
+impl Flowset {
+    pub fn lookup(&self) -> Option<&dyn Lookup> {
+        match self {
+            Flowset::Nothing => None,
+            Flowset::Flows(flows) => Some(&**flows),
+            Flowset::Table(table) => Some(&**table),
+        }
+    }
+}
 
 /// What every stream of this VM reads.
 pub struct Vm {
     pub prefix: String,
-    /// `None` while a live directory has never loaded and no static flows exist.
-    pub flows: RefCell<Option<Rc<Flows>>>,
+    pub flows: RefCell<Flowset>,
     /// The configuration's `max_body_bytes`.
     pub max_body_bytes: u64,
     pub metrics: Metrics,
@@ -33,35 +54,88 @@ pub struct Root {
     last_tick_ms: u64,
 }
 
+/// The sync's host: this VM, and the directory's answer while one is handled.
+struct Calls<'a> {
+    vm: &'a Vm,
+    keys: &'a Keys,
+}
+
+impl Store for Calls<'_> {
+    fn get(&mut self, key: &str) -> (Option<Vec<u8>>, u32) {
+        abi::shared_data(key)
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+        abi::set_shared_data(key, value, cas)
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        abi::now_ms()
+    }
+}
+
+impl Host for Calls<'_> {
+    fn fetch(&mut self, cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Option<u32> {
+        abi::http_call(cluster, headers, timeout_ms)
+    }
+
+    fn answer_body(&mut self, start: usize, length: usize) -> Vec<u8> {
+        abi::buffer_at(Buffer::CallResponseBody, start, length)
+    }
+
+    fn tick_every(&mut self, ms: u64) {
+        abi::set_tick_period_ms(ms);
+    }
+
+    fn count(&mut self, counter: Counter) {
+        self.vm.metrics.count(counter);
+    }
+
+    fn gauge(&mut self, gauge: Gauge, value: u64) {
+        self.vm.metrics.set(gauge, value);
+    }
+
+    fn log(&mut self, level: Level, message: &str) {
+        match level {
+            Level::Info => log::info!("flowgate: {message}"),
+            Level::Warn => log::warn!("flowgate: {message}"),
+        }
+    }
+
+    fn serve(&mut self, serving: Serving) {
+        let mut flows = self.vm.flows.borrow_mut();
+        *flows = match (serving, &*flows) {
+            (Serving::Flows(static_flows), _) => Flowset::Flows(static_flows),
+            (Serving::Table { floor }, Flowset::Table(table)) => {
+                table.set_floor(floor);
+                return;
+            }
+            (Serving::Table { floor }, _) => {
+                let read = Box::new(|key: &str| abi::shared_data(key).0);
+                let builder = FlowsBuilder::new(self.vm.max_body_bytes);
+                Flowset::Table(Rc::new(Table::new(self.keys.clone(), builder, read, floor)))
+            }
+        };
+    }
+}
+
 impl Root {
     /// What this configuration's streams read; `None` until it is configured.
     pub fn vm(&self) -> Option<Rc<Vm>> {
         self.vm.clone()
     }
 
-    fn drive(&mut self, event: Event) {
-        if let (Some(vm), Some((sync, keys))) = (&self.vm, &mut self.directory) {
-            sync.run(event, |command| execute(vm, keys, command));
-        }
-    }
-
     pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
-        let Some((_, keys)) = &self.directory else {
+        let (Some(vm), Some((sync, keys))) = (&self.vm, &mut self.directory) else {
             return;
         };
         let header = |name| abi::header(Map::CallResponseHeaders, name);
         let answer = Answer {
             status: header(":status").and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok()),
             etag: header("etag").map(|e| String::from_utf8_lossy(&e).into_owned()),
-            body: abi::buffer(Buffer::CallResponseBody, body_size),
+            size: body_size,
         };
-        let published = read(keys, Key::Published);
-        self.drive(Event::Answered {
-            token,
-            now_ms: abi::now_ms(),
-            answer,
-            published,
-        });
+        sync.on_answer(&mut Calls { vm, keys }, token, answer);
     }
 
     pub fn on_configure(&mut self, size: usize) -> bool {
@@ -75,16 +149,17 @@ impl Root {
             }
         };
         log::info!("flowgate: configuration loaded: {} static flows", config.flows.len());
-        let mut flows = None;
+        let mut flows = Flowset::Nothing;
         match config.directory {
             // The sync decides what to serve: the static flows only if nothing is published.
             Some(source) => {
                 let fallback = (!config.flows.is_empty()).then_some(config.flows);
-                let sync = Sync::new(source, FlowsBuilder::new(config.max_body_bytes), fallback);
-                self.directory = Some((sync, Keys::scoped(&json)));
+                let builder = FlowsBuilder::new(config.max_body_bytes);
+                let keys = Keys::scoped(&json);
+                self.directory = Some((Sync::new(source, keys.clone(), builder, fallback), keys));
             }
             None => {
-                flows = Some(Rc::new(config.flows));
+                flows = Flowset::Flows(Rc::new(config.flows));
                 abi::set_tick_period_ms(LOG_LEVEL_CHECK_MS);
             }
         }
@@ -104,49 +179,8 @@ impl Root {
             super::logger::follow_host_level();
         }
         self.last_tick_ms = now_ms;
-        let Some((_, keys)) = &self.directory else {
-            return;
-        };
-        let (lease, published) = (read(keys, Key::Lease), read(keys, Key::Published));
-        self.drive(Event::Tick {
-            now_ms,
-            lease,
-            published,
-        });
+        if let (Some(vm), Some((sync, keys))) = (&self.vm, &mut self.directory) {
+            sync.on_tick(&mut Calls { vm, keys });
+        }
     }
-}
-
-fn read(keys: &Keys, key: Key) -> Shared {
-    let (value, cas) = abi::shared_data(keys.name(key));
-    Shared { value, cas }
-}
-
-/// Carries out one command of the sync; the reply, if it has one.
-fn execute(vm: &Vm, keys: &Keys, command: Command) -> Option<Event> {
-    match command {
-        Command::Fetch {
-            cluster,
-            headers,
-            timeout_ms,
-        } => {
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-            let token = abi::http_call(&cluster, &headers, timeout_ms);
-            return Some(Event::Dispatched { token });
-        }
-        Command::Read(access) => {
-            let value = read(keys, access.key());
-            return Some(Event::Read { access, value });
-        }
-        Command::Write { access, value, cas } => {
-            let ok = abi::set_shared_data(keys.name(access.key()), &value, cas);
-            return Some(Event::Wrote { access, ok });
-        }
-        Command::Serve(flows) => *vm.flows.borrow_mut() = Some(flows),
-        Command::TickEvery(ms) => abi::set_tick_period_ms(ms),
-        Command::Count(counter) => vm.metrics.count(counter),
-        Command::Gauge(gauge, value) => vm.metrics.set(gauge, value),
-        Command::Log(Level::Info, message) => log::info!("flowgate: {message}"),
-        Command::Log(Level::Warn, message) => log::warn!("flowgate: {message}"),
-    }
-    None
 }

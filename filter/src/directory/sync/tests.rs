@@ -114,7 +114,8 @@ impl Process {
         store.borrow_mut().now_ms = 1_000_000;
         let vms = (0..vms)
             .map(|_| {
-                let fallback = fallback.map(|flows| FlowsBuilder::new(1024).lenient(&texts(flows), &Flows::default()).0);
+                let fallback =
+                    fallback.map(|flows| FlowsBuilder::new(1024).lenient(&texts(flows), &Flows::default()).0);
                 Vm {
                     sync: Sync::new(source(), Keys::scoped(CONFIG), FlowsBuilder::new(1024), fallback),
                     host: Fake {
@@ -169,7 +170,11 @@ impl Process {
     /// Ticks every VM (1 ms apart) until none is applying; how many ticks it took.
     fn settle(&mut self) -> usize {
         for ticks in 0..100_000 {
-            if self.vms.iter().all(|vm| vm.sync.pending.as_ref().is_none_or(|p| p.applying.is_none())) {
+            if self
+                .vms
+                .iter()
+                .all(|vm| vm.sync.pending.as_ref().is_none_or(|p| p.applying.is_none()))
+            {
                 return ticks;
             }
             self.advance(1);
@@ -187,7 +192,10 @@ impl Process {
             .expect("a VM fetched");
         let (token, headers) = self.take_fetch(vm).unwrap();
         for other in 0..self.vms.len() {
-            assert!(self.vms[other].host.fetches.is_empty(), "two VMs fetched in one interval");
+            assert!(
+                self.vms[other].host.fetches.is_empty(),
+                "two VMs fetched in one interval"
+            );
         }
         self.answer(vm, token, status, body, etag);
         self.settle();
@@ -208,7 +216,9 @@ impl Process {
     }
 
     fn status(&self, id: &str) -> Vec<Option<FlowStatus>> {
-        (0..self.vms.len()).map(|vm| self.lookup(vm, id).map(|f| f.status)).collect()
+        (0..self.vms.len())
+            .map(|vm| self.lookup(vm, id).map(|f| f.status))
+            .collect()
     }
 
     fn record_cas(&self, id: &str) -> u32 {
@@ -253,7 +263,10 @@ fn a_full_document_applies_in_steps_and_every_vm_serves_it() {
         assert_eq!(vm.host.gauges.get(&Gauge::EntriesRejected), Some(&0));
     }
     // The slices of the answer are freed.
-    assert_eq!(process.store.borrow_mut().get(&Keys::scoped(CONFIG).chunk(0)).0, Some(Vec::new()));
+    assert_eq!(
+        process.store.borrow_mut().get(&Keys::scoped(CONFIG).chunk(0)).0,
+        Some(Vec::new())
+    );
 }
 
 #[test]
@@ -262,18 +275,30 @@ fn the_next_fetch_asks_for_changes_and_a_change_moves_only_its_flows() {
     let flows = generated(600);
     process.serve(200, &full(&flows, Some("v 1")), "\"e1\"");
     let untouched = process.record_cas("g-5");
-    let changes = json!({"version": "2", "changed": [flow("g-1", "paused"), flow("n-1", "live")], "removed": ["g-2", "nope"]});
+    let changes =
+        json!({"version": "2", "changed": [flow("g-1", "paused"), flow("n-1", "live")], "removed": ["g-2", "nope"]});
     let headers = process.serve(200, &serde_json::to_vec(&changes).unwrap(), "\"e2\"");
-    assert_eq!(header(&headers, ":path"), Some("/v1/flows?since=v1"), "the version without its space");
+    assert_eq!(
+        header(&headers, ":path"),
+        Some("/v1/flows?since=v1"),
+        "the version without its space"
+    );
     assert_eq!(header(&headers, "if-none-match"), Some("\"e1\""));
     assert_eq!(process.status("g-1"), vec![Some(FlowStatus::Paused); 2]);
     assert_eq!(process.status("n-1"), vec![Some(FlowStatus::Live); 2]);
     assert_eq!(process.status("g-2"), vec![None; 2]);
-    assert_eq!(process.record_cas("g-5"), untouched, "an unchanged flow's record was rewritten");
+    assert_eq!(
+        process.record_cas("g-5"),
+        untouched,
+        "an unchanged flow's record was rewritten"
+    );
     assert_eq!(process.vms[0].host.gauges.get(&Gauge::FlowsLoaded), Some(&600));
     let headers = process.serve(304, b"", "\"e2\"");
     assert_eq!(header(&headers, ":path"), Some("/v1/flows?since=2"));
-    assert!(process.vms.iter().any(|vm| vm.host.counts.contains(&Counter::FetchNotModified)));
+    assert!(process
+        .vms
+        .iter()
+        .any(|vm| vm.host.counts.contains(&Counter::FetchNotModified)));
 }
 
 #[test]
@@ -301,16 +326,34 @@ fn a_full_document_removes_what_it_no_longer_holds_and_replaces_the_static_flows
 #[test]
 fn a_rejected_entry_keeps_its_last_valid_version_through_full_documents_and_changes() {
     let mut process = Process::new(2, None);
-    process.serve(200, &full(&[flow("f-1", "live"), flow("f-2", "live")], Some("1")), "\"a\"");
+    process.serve(
+        200,
+        &full(&[flow("f-1", "live"), flow("f-2", "live")], Some("1")),
+        "\"a\"",
+    );
     let bogus = flow("f-1", "bogus");
     let bad_new = json!({"id": "f-bad", "ref_id": "w", "status": "live", "token_sha256": ["not-hex"]});
-    process.serve(200, &full(&[bogus.clone(), flow("f-2", "paused"), bad_new.clone()], Some("2")), "\"b\"");
-    assert_eq!(process.status("f-1"), vec![Some(FlowStatus::Live); 2], "last valid version");
+    process.serve(
+        200,
+        &full(&[bogus.clone(), flow("f-2", "paused"), bad_new.clone()], Some("2")),
+        "\"b\"",
+    );
+    assert_eq!(
+        process.status("f-1"),
+        vec![Some(FlowStatus::Live); 2],
+        "last valid version"
+    );
     assert_eq!(process.status("f-2"), vec![Some(FlowStatus::Paused); 2]);
     assert_eq!(process.status("f-bad"), vec![None; 2]);
     assert_eq!(process.vms[1].host.gauges.get(&Gauge::EntriesRejected), Some(&2));
     assert_eq!(process.vms[1].host.gauges.get(&Gauge::FlowsLoaded), Some(&2));
-    let logs = process.vms.iter().flat_map(|vm| vm.host.logs.iter()).cloned().collect::<Vec<_>>().join("\n");
+    let logs = process
+        .vms
+        .iter()
+        .flat_map(|vm| vm.host.logs.iter())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(logs.contains("(id \"f-1\").status"), "{logs}");
     assert!(logs.contains("(id \"f-bad\").token_sha256"), "{logs}");
     // Changes that leave f-1 alone keep it rejected; fixing it clears it.
@@ -338,7 +381,10 @@ fn an_answer_that_is_not_a_flow_list_changes_nothing_and_backs_off() {
     assert_eq!(process.record_cas("g-3"), cas, "a record changed");
     assert_eq!(process.status("g-3"), vec![Some(FlowStatus::Live); 2]);
     assert_eq!(process.status("g-2999"), vec![None; 2]);
-    assert!(process.vms.iter().any(|vm| vm.host.counts.contains(&Counter::FetchFailed)));
+    assert!(process
+        .vms
+        .iter()
+        .any(|vm| vm.host.counts.contains(&Counter::FetchFailed)));
     // Backed off: nobody fetches one interval later.
     process.advance(REFRESH);
     process.tick_all();
@@ -426,8 +472,8 @@ proptest! {
                 process.tick(vm);
             }
             process.serve(200, &body, &format!("\"{n}\""));
-            for id in 0..8 {
-                let want = expected[id].map(|s| [FlowStatus::Live, FlowStatus::Paused, FlowStatus::Draft][usize::from(s)]);
+            for (id, state) in expected.iter().enumerate() {
+                let want = state.map(|s| [FlowStatus::Live, FlowStatus::Paused, FlowStatus::Draft][usize::from(s)]);
                 prop_assert_eq!(process.status(&format!("p-{id}")), vec![want; 3], "p-{} after step {}", id, n);
             }
         }
@@ -438,7 +484,12 @@ proptest! {
 fn records_hold_what_the_directory_sent() {
     let mut process = Process::new(1, None);
     process.serve(200, &full(&[flow("f-1", "live")], None), "\"a\"");
-    let record = process.store.borrow_mut().get(&Keys::scoped(CONFIG).flow("f-1")).0.unwrap();
+    let record = process
+        .store
+        .borrow_mut()
+        .get(&Keys::scoped(CONFIG).flow("f-1"))
+        .0
+        .unwrap();
     let (_, entry) = shared::entry(&record).unwrap();
     assert_eq!(serde_json::from_slice::<Value>(entry).unwrap(), flow("f-1", "live"));
 }
