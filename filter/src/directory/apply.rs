@@ -18,9 +18,9 @@ use crate::schema;
 use crate::store::Store;
 
 /// Items read per step of the first pass, entries checked and written per step of the second:
-/// each a few milliseconds at most, so the requests of a VM that applies are never held long.
-pub const READ_PER_STEP: usize = 4000;
-pub const WRITE_PER_STEP: usize = 500;
+/// each well under a millisecond, so that a tick's steps stop close to their time budget.
+pub const READ_PER_STEP: usize = 2000;
+pub const WRITE_PER_STEP: usize = 200;
 /// Rejected entries logged one by one per answer; the rest are counted.
 const LOGGED_PROBLEMS: usize = 100;
 

@@ -29,6 +29,8 @@ pub const FETCH_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_BACKOFF_MS: u64 = 60_000;
 /// The lease of a VM applying an answer, renewed while it works.
 pub const APPLY_LEASE_MS: u64 = 20_000;
+/// Time spent applying per tick (the longest a request of that VM waits for it).
+pub const TICK_BUDGET_US: u64 = 3_000;
 /// An answer is stored in slices of this size (Envoy copies each into the VM and out again).
 pub const SLICE_BYTES: usize = 1 << 20;
 
@@ -54,6 +56,8 @@ pub trait Host: Store {
     fn fetch(&mut self, cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Option<u32>;
     /// Bytes of the answer being handled (during [`Sync::on_answer`] only).
     fn answer_body(&mut self, start: usize, length: usize) -> Vec<u8>;
+    /// Microseconds on a clock that only goes forward, to time work.
+    fn clock_us(&mut self) -> u64;
     fn tick_every(&mut self, ms: u64);
     fn count(&mut self, counter: Counter);
     fn gauge(&mut self, gauge: Gauge, value: u64);
@@ -268,7 +272,12 @@ impl Sync {
         let Some(applying) = &mut pending.applying else {
             return;
         };
-        let progress = applying.step(host, &self.keys, &self.builder);
+        // Steps until the tick's time is spent: the VM's requests wait at most that long.
+        let started_us = host.clock_us();
+        let mut progress = Progress::Working;
+        while progress == Progress::Working && host.clock_us().saturating_sub(started_us) < TICK_BUDGET_US {
+            progress = applying.step(host, &self.keys, &self.builder);
+        }
         let problems = applying.take_problems();
         for line in apply::log_lines(&problems) {
             host.log(Level::Warn, &line);
@@ -280,8 +289,11 @@ impl Sync {
                 host.log(
                     Level::Info,
                     &format!(
-                        "directory generation {} applied: {} flows, {} entries rejected",
-                        published.generation, published.flows, published.rejected
+                        "directory generation {} applied: {} flows, {} entries rejected ({} ms after the answer came)",
+                        published.generation,
+                        published.flows,
+                        published.rejected,
+                        now_ms.saturating_sub(published.fetched_at_ms)
                     ),
                 );
                 self.follow(host, published);

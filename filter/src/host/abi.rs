@@ -249,10 +249,15 @@ pub fn set_tick_period_ms(ms: u64) {
 
 /// Milliseconds since the epoch (0 if the host does not say).
 pub fn now_ms() -> u64 {
+    clock_ns() / 1_000_000
+}
+
+/// Nanoseconds since the epoch (0 if the host does not say).
+pub fn clock_ns() -> u64 {
     let mut nanos = 0;
     // SAFETY: the pointer is valid for the call.
     match unsafe { proxy_get_current_time_nanoseconds(&mut nanos) } {
-        OK => nanos / 1_000_000,
+        OK => nanos,
         _ => 0,
     }
 }

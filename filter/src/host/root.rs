@@ -83,6 +83,10 @@ impl Host for Calls<'_> {
         abi::buffer_at(Buffer::CallResponseBody, start, length)
     }
 
+    fn clock_us(&mut self) -> u64 {
+        abi::clock_ns() / 1000
+    }
+
     fn tick_every(&mut self, ms: u64) {
         abi::set_tick_period_ms(ms);
     }
