@@ -18,7 +18,8 @@
 use std::sync::LazyLock;
 
 use minijinja::{Environment, Expression};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
+use sha2::{Digest as _, Sha256};
 
 /// Fields that only the executor understands; they are stripped from the flow directory.
 pub const EXECUTOR_ONLY_FIELDS: &[&str] = &["steps", "run_ms"];
@@ -197,6 +198,58 @@ pub fn load_file(text: &str) -> Result<Vec<Flow>, String> {
     Ok(out)
 }
 
+/// The token every generated flow (`--generated-flows`) accepts.
+pub const GENERATED_TOKEN: &str = "generated-flows-token-3e1f0a9d8c7b6a5f4e3d2c1b0a99887766554433";
+
+/// How many flows `--generated-flows` can make: their ids have seven digits.
+pub const GENERATED_MAX: u32 = 10_000_000;
+
+/// The hex SHA-256 of [`GENERATED_TOKEN`], the one `token_sha256` of every generated flow.
+static GENERATED_DIGEST: LazyLock<String> = LazyLock::new(|| {
+    Sha256::digest(GENERATED_TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+});
+
+/// The id of generated flow `n`: `g-0000042`.
+pub fn generated_id(n: u32) -> String {
+    format!("g-{n:07}")
+}
+
+/// The number of a generated flow's id (`g-` and seven digits), whatever the flow count.
+pub fn generated_number(id: &str) -> Option<u32> {
+    let digits = id.strip_prefix("g-")?;
+    if digits.len() == 7 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Generated flow `n` as JSON: a live sync flow bound to `w`, accepting [`GENERATED_TOKEN`],
+/// without steps (a run answers `{}`) or response template. It has no executor-only field, so
+/// this is also its directory entry.
+pub fn generated_json(n: u32) -> Value {
+    json!({"id": generated_id(n), "ref_id": "w", "status": "live", "token_sha256": [&*GENERATED_DIGEST]})
+}
+
+/// Generated flow `n`, materialised (the executor keeps only its number).
+pub fn generated_flow(n: u32) -> Flow {
+    Flow::from_json(&generated_json(n)).expect("a generated flow is valid")
+}
+
+/// Appends `serde_json::to_vec(&generated_json(n))` to `out`, without building the value (a
+/// million of them make the full directory document).
+pub fn write_generated_json(n: u32, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let digest = &*GENERATED_DIGEST;
+    let _ = write!(
+        out,
+        r#"{{"id":"g-{n:07}","ref_id":"w","status":"live","token_sha256":["{digest}"]}}"#
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +353,33 @@ mod tests {
         assert_eq!(flows.len(), 1);
         let err = load_file(r#"{"flows": [{"id": "f"}, {"id": "f"}]}"#).err().unwrap();
         assert!(err.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn generated_flows_have_seven_digit_ids_and_the_shared_token_digest() {
+        assert_eq!(generated_id(0), "g-0000000");
+        assert_eq!(generated_id(999_999), "g-0999999");
+        assert_eq!(generated_number("g-0999999"), Some(999_999));
+        for id in ["g-999999", "g-00000001", "g-00000x1", "f-0000001", "g-+000001"] {
+            assert_eq!(generated_number(id), None, "{id}");
+        }
+        // sha256("generated-flows-token-3e1f...4433"), as tests/ compute it.
+        assert_eq!(
+            *GENERATED_DIGEST,
+            "306f200e756f108de31c808ed22d51a341c8a4ba96c8f8247353d583055d205e"
+        );
+        let f = generated_flow(7);
+        assert_eq!(
+            (f.id.as_str(), f.ref_id.as_deref(), f.run_ms),
+            ("g-0000007", Some("w"), 0)
+        );
+        assert_eq!(f.raw["status"], "live");
+        assert!(f.raw.get("async").is_none() && f.raw.get("response").is_none());
+        assert_eq!(f.run(json!({"x": 1})).unwrap(), json!({}));
+        assert_eq!(f.public(), generated_json(7));
+        let mut out = Vec::new();
+        write_generated_json(1_234_567, &mut out);
+        assert_eq!(out, serde_json::to_vec(&generated_json(1_234_567)).unwrap());
     }
 
     #[test]
