@@ -29,6 +29,8 @@ pub enum Counter {
     FetchOk,
     FetchNotModified,
     FetchFailed,
+    /// Bytes of directory answers with a flow list (full documents or changes).
+    FetchedBytes,
 }
 
 /// Gauges of the live directory.
@@ -53,6 +55,7 @@ impl Counter {
             Counter::FetchOk,
             Counter::FetchNotModified,
             Counter::FetchFailed,
+            Counter::FetchedBytes,
         ];
         fixed
             .into_iter()
@@ -74,6 +77,7 @@ impl Counter {
             Counter::FetchOk => "flowgate.directory.fetch_ok".into(),
             Counter::FetchNotModified => "flowgate.directory.fetch_not_modified".into(),
             Counter::FetchFailed => "flowgate.directory.fetch_failed".into(),
+            Counter::FetchedBytes => "flowgate.directory.fetched_bytes".into(),
         }
     }
 }

@@ -93,12 +93,19 @@ pub struct Executor {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// More command-line arguments (`--generated-flows N`).
+    args: Vec<String>,
 }
 
 impl Executor {
     /// Writes `flow_file` (the `examples/flows.json` format) to a temp file and starts the executor
     /// on a free port with a fresh database; returns once it answers.
     pub fn start(flow_file: &Value) -> Executor {
+        Executor::start_with(flow_file, &[])
+    }
+
+    /// [`Executor::start`] with more command-line arguments.
+    pub fn start_with(flow_file: &Value, args: &[&str]) -> Executor {
         let dir = TempDir::new("executor");
         let flows = dir.path().join("flows.json");
         fs::write(&flows, serde_json::to_vec_pretty(flow_file).expect("serialise flows")).expect("write flows file");
@@ -106,6 +113,7 @@ impl Executor {
             child: None,
             port: 0,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         executor.spawn();
         executor
@@ -141,6 +149,7 @@ impl Executor {
             .arg(self.dir.path().join("flows.json"))
             .arg("--db")
             .arg(self.dir.path().join("runs.sqlite3"))
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)

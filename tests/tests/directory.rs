@@ -1522,3 +1522,137 @@ fn new_root_contexts_serve_the_published_generation_and_a_new_configuration_star
     );
     assert_on_every_worker(&envoy, "live", || webhook(&envoy, "f-1001", Some(&f1001)), seed_ok);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Changes only, and a million flows (contract 4.1)
+// ---------------------------------------------------------------------------------------------
+
+/// The token of the executor's `--generated-flows` (ids `g-0000000`...).
+const GENERATED_TOKEN: &str = "generated-flows-token-3e1f0a9d8c7b6a5f4e3d2c1b0a99887766554433";
+
+fn fetched_bytes(envoy: &Envoy) -> u64 {
+    envoy.stat(&stat("directory.fetched_bytes"))
+}
+
+/// contract 4.1: after the first full document, flowgate asks for `?since=<version>`; a pause,
+/// a removal and a re-added flow each move only that flow's bytes, and apply on every worker.
+#[test]
+fn changes_since_the_last_version_move_only_the_changed_flows() {
+    let executor = Executor::demo();
+    let envoy = directory_stack(&executor, None);
+    let full = send(executor.port(), "GET", "/v1/flows", &[], b"").body.len() as u64;
+    let (f1001, f1004) = (token("f-1001"), token("f-1004"));
+    wait_for("the first document counted", WAIT, || {
+        (fetched_bytes(&envoy) >= full).then_some(())
+    });
+
+    let before = fetched_bytes(&envoy);
+    executor.put_flow("f-1004", json!({"status": "paused"}));
+    let change = until_streak(
+        "f-1004 paused",
+        Instant::now(),
+        WAIT,
+        || webhook(&envoy, "f-1004", Some(&f1004)),
+        paused,
+    );
+    assert_on_every_worker(&envoy, "paused", || webhook(&envoy, "f-1004", Some(&f1004)), paused);
+    let moved = fetched_bytes(&envoy) - before;
+    println!(
+        "one pause: {moved} bytes fetched (the full document is {full} bytes), on every reply from {} ms",
+        change.settled.as_millis()
+    );
+    assert!(
+        moved > 0 && moved < full / 2,
+        "{moved} bytes moved for one flow (full: {full})"
+    );
+
+    let removed = send(executor.port(), "DELETE", "/_executor/flows/f-1001", &[], b"");
+    assert_eq!(removed.status, 200, "{}", describe(&removed));
+    until_streak(
+        "f-1001 removed",
+        Instant::now(),
+        WAIT,
+        || webhook(&envoy, "f-1001", Some(&f1001)),
+        |r| edge_reply(r, 404, "not_found"),
+    );
+    assert_on_every_worker(
+        &envoy,
+        "removed",
+        || webhook(&envoy, "f-1001", Some(&f1001)),
+        |r| edge_reply(r, 404, "not_found"),
+    );
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 4);
+
+    send(executor.port(), "POST", "/_executor/reset", &[], b"");
+    until_streak(
+        "f-1001 back",
+        Instant::now(),
+        WAIT,
+        || webhook(&envoy, "f-1001", Some(&f1001)),
+        seed_ok,
+    );
+    assert_on_every_worker(&envoy, "back", || webhook(&envoy, "f-1001", Some(&f1001)), seed_ok);
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 5);
+    let total = fetched_bytes(&envoy) - before;
+    assert!(total < full, "{total} bytes fetched for three changes (full: {full})");
+}
+
+/// Issue 15: a directory of a million flows (the executor's `--generated-flows`, 132 MB as one
+/// document; Envoy's answer limit raised to hold it) loads on every worker, and a pause of one
+/// of them applies on every worker moving only that flow's bytes. Timings are printed, not asserted.
+#[test]
+fn a_million_flow_directory_loads_and_a_pause_moves_only_that_flow() {
+    let _timed = timed();
+    let executor = Executor::start_with(&demo_flows(), &["--generated-flows", "1000000"]);
+    let options = EnvoyOptions::new(directory_config(REFRESH_MS, None), executor.port())
+        .runtime("http.async_response_buffer_limit", json!(512u64 << 20));
+    let started = Instant::now();
+    let envoy = Envoy::start(options);
+    let last = "g-0999999";
+    let loaded = until_streak(
+        "a million flows load",
+        started,
+        Duration::from_secs(120),
+        || webhook(&envoy, last, Some(GENERATED_TOKEN)),
+        |r| r.status == 200 && r.text() == "{}",
+    );
+    let admitted = |r: &Response| r.status == 200 && r.text() == "{}";
+    assert_on_every_worker(
+        &envoy,
+        "the last generated flow",
+        || webhook(&envoy, last, Some(GENERATED_TOKEN)),
+        admitted,
+    );
+    assert!(admitted(&webhook(&envoy, "g-0000000", Some(GENERATED_TOKEN))));
+    wait_for_stat(&envoy, &stat("directory.flows_loaded"), 1_000_005);
+    let rss = proc_status_kib(envoy.pid(), "VmRSS").unwrap_or_default() << 10;
+    println!(
+        "a million flows: Envoy started and served {last} on every reply from {} ms; RSS {} MiB",
+        loaded.settled.as_millis(),
+        rss >> 20
+    );
+
+    let before = fetched_bytes(&envoy);
+    let paused_at = Instant::now();
+    executor.put_flow(last, json!({"status": "paused"}));
+    let change = until_streak(
+        "the pause applies",
+        paused_at,
+        WAIT,
+        || webhook(&envoy, last, Some(GENERATED_TOKEN)),
+        paused,
+    );
+    assert_on_every_worker(
+        &envoy,
+        "paused",
+        || webhook(&envoy, last, Some(GENERATED_TOKEN)),
+        paused,
+    );
+    let moved = fetched_bytes(&envoy) - before;
+    println!(
+        "a million flows: one pause on every reply from {} ms, {moved} bytes fetched",
+        change.settled.as_millis()
+    );
+    assert!(moved < 4096, "{moved} bytes moved for one flow's pause");
+    assert!(seed_ok(&webhook(&envoy, "f-1001", Some(&token("f-1001")))));
+}

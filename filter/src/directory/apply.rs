@@ -21,6 +21,8 @@ use crate::store::Store;
 /// each well under a millisecond, so that a tick's steps stop close to their time budget.
 pub const READ_PER_STEP: usize = 2000;
 pub const WRITE_PER_STEP: usize = 200;
+/// An answer is stored in slices of this size (Envoy copies each into the VM and out again).
+pub const SLICE_BYTES: usize = 1 << 20;
 /// Rejected entries logged one by one per answer; the rest are counted.
 const LOGGED_PROBLEMS: usize = 100;
 
@@ -44,6 +46,7 @@ pub struct Apply {
     base: Published,
     etag: String,
     fetched_at_ms: u64,
+    size: usize,
     chunks: usize,
     pass: Pass,
     scan: Scan,
@@ -68,13 +71,14 @@ fn hash(id: &str) -> u64 {
 }
 
 impl Apply {
-    /// An answer stored as `chunks` slices, fetched at `fetched_at_ms` when `base` was published.
-    pub fn new(base: Published, chunks: usize, etag: String, fetched_at_ms: u64) -> Apply {
+    /// An answer of `size` bytes stored in slices, fetched at `fetched_at_ms` when `base` was published.
+    pub fn new(base: Published, size: usize, etag: String, fetched_at_ms: u64) -> Apply {
         Apply {
+            size,
+            chunks: size.div_ceil(SLICE_BYTES),
             base,
             etag,
             fetched_at_ms,
-            chunks,
             pass: Pass::Check,
             scan: Scan::default(),
             next_chunk: 0,
@@ -263,6 +267,11 @@ impl Apply {
             store.set(&keys.chunk(n), b"", 0);
         }
         self.chunks = 0;
+    }
+
+    /// The answer's size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// Whether anything in the table changed (an answer identical to what is in force does not).

@@ -15,7 +15,7 @@
 
 use std::rc::Rc;
 
-use super::apply::{self, Apply, Progress};
+use super::apply::{self, Apply, Progress, SLICE_BYTES};
 use super::shared::{Keys, Lease, Published};
 use super::tick_ms;
 use crate::config::Directory;
@@ -31,8 +31,6 @@ pub const MAX_BACKOFF_MS: u64 = 60_000;
 pub const APPLY_LEASE_MS: u64 = 20_000;
 /// Time spent applying per tick (the longest a request of that VM waits for it).
 pub const TICK_BUDGET_US: u64 = 3_000;
-/// An answer is stored in slices of this size (Envoy copies each into the VM and out again).
-pub const SLICE_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -59,7 +57,7 @@ pub trait Host: Store {
     /// Microseconds on a clock that only goes forward, to time work.
     fn clock_us(&mut self) -> u64;
     fn tick_every(&mut self, ms: u64);
-    fn count(&mut self, counter: Counter);
+    fn count(&mut self, counter: Counter, n: u64);
     fn gauge(&mut self, gauge: Gauge, value: u64);
     fn log(&mut self, level: Level, message: &str);
     fn serve(&mut self, serving: Serving);
@@ -206,7 +204,7 @@ impl Sync {
         }
         match answer.status {
             Some(304) => {
-                host.count(Counter::FetchNotModified);
+                host.count(Counter::FetchNotModified, 1);
                 self.settle(host, true);
             }
             Some(200) => self.stage(host, answer),
@@ -240,7 +238,7 @@ impl Sync {
         }
         let fetched_at_ms = host.now_ms();
         let etag = answer.etag.unwrap_or_default();
-        pending.applying = Some(Apply::new(now, chunks, etag, fetched_at_ms));
+        pending.applying = Some(Apply::new(now, answer.size, etag, fetched_at_ms));
         host.tick_every(1);
     }
 
@@ -285,7 +283,8 @@ impl Sync {
         match progress {
             Progress::Working => {}
             Progress::Done(published) => {
-                host.count(Counter::FetchOk);
+                host.count(Counter::FetchOk, 1);
+                host.count(Counter::FetchedBytes, applying.size() as u64);
                 host.log(
                     Level::Info,
                     &format!(
@@ -308,7 +307,7 @@ impl Sync {
     }
 
     fn fail(&mut self, host: &mut impl Host, reason: &str) {
-        host.count(Counter::FetchFailed);
+        host.count(Counter::FetchFailed, 1);
         let wait = self.settle(host, false);
         host.log(
             Level::Warn,

@@ -27,8 +27,12 @@ impl Metrics {
     }
 
     pub fn count(&self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    pub fn add(&self, counter: Counter, n: u64) {
         if let Some(&id) = self.counters.get(&counter) {
-            abi::increment_metric(id, 1);
+            abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

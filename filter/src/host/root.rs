@@ -91,8 +91,8 @@ impl Host for Calls<'_> {
         abi::set_tick_period_ms(ms);
     }
 
-    fn count(&mut self, counter: Counter) {
-        self.vm.metrics.count(counter);
+    fn count(&mut self, counter: Counter, n: u64) {
+        self.vm.metrics.add(counter, n);
     }
 
     fn gauge(&mut self, gauge: Gauge, value: u64) {

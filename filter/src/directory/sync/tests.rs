@@ -62,7 +62,7 @@ impl Host for Fake {
     fn tick_every(&mut self, ms: u64) {
         self.tick_ms = ms;
     }
-    fn count(&mut self, counter: Counter) {
+    fn count(&mut self, counter: Counter, _: u64) {
         self.counts.push(counter);
     }
     fn gauge(&mut self, gauge: Gauge, value: u64) {
