@@ -120,7 +120,8 @@ impl Sync {
     pub fn on_tick(&mut self, host: &mut impl Host) {
         let now_ms = host.now_ms();
         let now = published(host, &self.keys);
-        if !self.started {
+        let first = !self.started;
+        if first {
             self.started = true;
             host.tick_every(tick_ms(self.source.refresh_ms));
             if let (None, Some(fallback)) = (&now, &self.fallback) {
@@ -129,6 +130,11 @@ impl Sync {
         }
         if let Some(now) = now {
             self.follow(host, now);
+        }
+        // The first tick comes while the plugin is configured: a call made then may never be
+        // answered (measured: lost until its lease ran out, 6 s). Fetch from the next one.
+        if first {
+            return;
         }
         if let Some(seen) = &self.seen {
             host.gauge(Gauge::AgeSeconds, now_ms.saturating_sub(seen.fetched_at_ms) / 1000);
