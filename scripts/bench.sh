@@ -11,6 +11,9 @@
 #   scripts/bench.sh --only sync,reject-401 --seconds 3
 #   scripts/bench.sh --profile        add a perf (cpu-clock) split of where Envoy's time goes
 #   scripts/bench.sh --help           every option
+#   scripts/bench.sh --scale          issue 15: a live directory of 10 / 100,000 / 1,000,000 flows,
+#                                     1 and 2 workers (memory, start, pause propagation, req/s);
+#                                     writes bench/results/scale.md (tests/tests/scale.rs)
 #
 # Needs wrk (scripts/setup.sh --bench) and Envoy in .venv (scripts/setup.sh). Native
 # microbenchmarks of the core are separate: cargo bench -p flowgate --bench core
@@ -22,6 +25,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 command -v wrk >/dev/null 2>&1 || { echo "bench.sh: wrk not found; run scripts/setup.sh --bench" >&2; exit 1; }
 [ -x .venv/bin/envoy ] || { echo "bench.sh: .venv/bin/envoy not found; run scripts/setup.sh" >&2; exit 1; }
+
+if [ "${1:-}" = "--scale" ]; then
+  cargo build --quiet --release --target wasm32-wasip1 -p flowgate
+  cargo build --quiet --release -p flowgate-executor
+  exec cargo test --quiet -p flowgate-e2e --test scale -- --ignored --nocapture
+fi
 
 echo "bench.sh: building flowgate.wasm, empty_filter.wasm and flowgate-bench (release)" >&2
 cargo build --quiet --release --target wasm32-wasip1 -p flowgate -p empty-filter

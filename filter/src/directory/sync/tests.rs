@@ -248,7 +248,10 @@ fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
 #[test]
 fn a_full_document_applies_in_steps_and_every_vm_serves_it() {
     let mut process = Process::new(3, None);
-    assert!(process.vms.iter().all(|vm| vm.host.fetches.is_empty()), "fetched while configured");
+    assert!(
+        process.vms.iter().all(|vm| vm.host.fetches.is_empty()),
+        "fetched while configured"
+    );
     process.tick_all();
     assert!(process.status("f-1").iter().all(Option::is_none), "nothing served yet");
     let mut flows = generated(1200);
