@@ -22,8 +22,14 @@ use std::rc::Rc;
 
 use flowgate::config::PluginConfig;
 use flowgate::flows::{Flows, FlowsBuilder, Mode};
-use flowgate::schema::{ConfigError, DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_CEILING};
-use flowgate::directory::{self, Loading};
+use flowgate::schema::{DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_CEILING};
+use flowgate::directory::apply::{Apply, Progress, SLICE_BYTES};
+use flowgate::directory::scan::{Form, Item, Scan};
+use flowgate::directory::shared::{Keys, Published};
+use flowgate::directory::table::{Read, Table};
+use flowgate::flows::Lookup;
+use flowgate::store::{MemoryStore, Store};
+use std::cell::RefCell;
 use flowgate::route::{route, Route};
 use flowgate_fuzz::{fixture_json, jinja, Json};
 use libfuzzer_sys::fuzz_target;
@@ -333,51 +339,55 @@ fn check(json: &[u8]) {
     }
 }
 
-/// Loads an indexed directory blob to the end; `None` if `Loading::new` refuses it.
-fn load(blob: Vec<u8>, builder: &FlowsBuilder) -> Option<(Flows, Vec<ConfigError>)> {
-    let mut loading = Loading::new(blob, Rc::new(Flows::default()))?;
-    loop {
-        if let Some(done) = loading.step(builder) {
-            return Some(done);
+/// Every item of a directory answer read in slices of `size` bytes (entries as text).
+fn scan(answer: &[u8], size: usize) -> Result<(Option<Form>, Vec<Vec<u8>>, Vec<String>), String> {
+    let mut slices = answer.chunks(size.max(1)).map(<[u8]>::to_vec);
+    let (mut scan, mut entries, mut removed) = (Scan::default(), Vec::new(), Vec::new());
+    while let Some(item) = scan.next(&mut || slices.next())? {
+        match item {
+            Item::Entry(range) => entries.push(scan.text(range).to_vec()),
+            Item::Removed(id) => removed.push(id),
+            Item::Version(_) => {}
         }
     }
+    Ok((scan.form(), entries, removed))
 }
 
-/// A live directory document: its entries are JSON values inside it, its index is read
-/// back whole, and loading it step by step gives what the same entries give at once.
-/// The bytes are also tried as an index blob themselves (another VM's, in shared data).
-fn check_directory(document: &[u8]) {
-    let builder = FlowsBuilder::new(DEFAULT_MAX_BODY_BYTES);
-    let _ = load(document.to_vec(), &builder);
-    let Ok(ranges) = directory::entries(document) else {
+/// A directory answer: read in slices of any size it gives the same items; applied to an
+/// empty flow table, it writes nothing unless it is a flow list, and then exactly the flows
+/// the same entries give when built at once.
+fn check_directory(answer: &[u8]) {
+    let whole = scan(answer, answer.len());
+    assert_eq!(whole, scan(answer, 7), "slices changed what was read");
+    let (keys, builder) = (Keys::scoped(b"fuzz"), FlowsBuilder::new(DEFAULT_MAX_BODY_BYTES));
+    let mut store = MemoryStore::default();
+    for (n, slice) in answer.chunks(SLICE_BYTES).enumerate() {
+        store.set(&keys.chunk(n), slice, 0);
+    }
+    let mut apply = Apply::new(Published::default(), answer.len(), String::new(), 1);
+    let progress = loop {
+        match apply.step(&mut store, &keys, &builder) {
+            Progress::Working => {}
+            done => break done,
+        }
+    };
+    let floor = match &progress {
+        Progress::Done(published) => published.floor,
+        _ => 0,
+    };
+    let reader = Rc::new(RefCell::new(store));
+    let read: Read = Box::new(move |key| reader.borrow_mut().get(key).0);
+    let table = Table::new(keys, FlowsBuilder::new(DEFAULT_MAX_BODY_BYTES), read, floor);
+    let Ok((form, entries, _)) = whole else {
+        assert!(matches!(progress, Progress::Refused(_)), "{progress:?}");
         return;
     };
-    let texts: Vec<&[u8]> = ranges
-        .iter()
-        .map(|range| {
-            let text = document
-                .get(range.clone())
-                .unwrap_or_else(|| panic!("entry range {range:?} outside a {}-byte document", document.len()));
-            assert!(
-                serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok(),
-                "entry {range:?} is not one JSON value: {:?}",
-                String::from_utf8_lossy(text)
-            );
-            text
-        })
-        .collect();
-    let Ok(blob) = directory::index(document) else {
-        return;
-    };
-    let Some((flows, problems)) = load(blob, &builder) else {
-        panic!("an index of {} entries was not readable", ranges.len());
-    };
-    let (expected, expected_problems) = builder.lenient(&texts, &Flows::default());
-    assert_eq!(flows.len(), expected.len());
-    assert_eq!(problems, expected_problems);
+    let texts: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+    let (expected, _) = builder.lenient(&texts, &Flows::default());
     let values = texts.iter().filter_map(|text| serde_json::from_slice::<Value>(text).ok());
     for id in values.filter_map(|v| Some(v.get("id")?.as_str()?.to_string())) {
-        assert_eq!(flows.get(&id).is_some(), expected.get(&id).is_some(), "flow {id:?}");
+        let want = form == Some(Form::Full) && expected.get(&id).is_some();
+        assert_eq!(table.flow(&id).is_some(), want, "flow {id:?}");
     }
 }
 

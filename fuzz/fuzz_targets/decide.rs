@@ -218,7 +218,7 @@ fn check(request: &Request<'_>, config: &PluginConfig) {
     let facts = Facts::of(&pairs);
     let head = RequestHead::from_headers(&pairs);
     let flows = (!request.unloaded).then_some(&config.flows);
-    let verdict = decide(prefix, flows, &head);
+    let verdict = decide(prefix, flows.map(|f| f as &dyn flowgate::flows::Lookup), &head);
 
     let reaching = executor_path::reaching_models(facts.path, prefix);
     if !reaching.is_empty() {

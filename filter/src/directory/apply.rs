@@ -56,8 +56,10 @@ pub struct Apply {
     epoch: u64,
     /// Entries read so far in this pass.
     index: usize,
-    /// Hashes of the ids written (duplicates are rejected).
+    /// Hashes of the ids written (a second valid entry is a duplicate), and of those whose last
+    /// valid record a rejected entry kept.
     written: HashSet<u64>,
+    kept: HashSet<u64>,
     flows: u64,
     rejected: BTreeSet<String>,
     problems: Vec<String>,
@@ -87,6 +89,7 @@ impl Apply {
             epoch: 0,
             index: 0,
             written: HashSet::new(),
+            kept: HashSet::new(),
             flows: 0,
             rejected: BTreeSet::new(),
             problems: Vec::new(),
@@ -192,7 +195,8 @@ impl Apply {
             };
             let id = schema::entry_id(text).unwrap_or_else(|| format!("#{index}"));
             // A rejected entry keeps its flow's last valid record (a full document re-stamps it).
-            if self.form == Form::Full && self.written.insert(hash(&id)) {
+            let hashed = hash(&id);
+            if self.form == Form::Full && !self.written.contains(&hashed) && self.kept.insert(hashed) {
                 if let Some(entry) = self.valid(store, keys, &id) {
                     self.put(store, keys, &id, &entry);
                 }

@@ -217,11 +217,26 @@ impl Scan {
                 self.at = end;
                 Ok(Got(start..end))
             }
-            Some(Err(e)) if e.is_eof() => Ok(More),
+            Some(Err(e)) if e.is_eof() || at_end(&e, rest) => Ok(More),
             None => Ok(More),
             Some(Err(e)) => Err(format!("not a flow directory: {e}")),
         }
     }
+}
+
+/// Whether a syntax error is at the last byte of `text` (a number cut by the slice's end,
+/// `1.` or `-`, is invalid rather than unfinished to serde_json).
+fn at_end(error: &serde_json::Error, text: &[u8]) -> bool {
+    let line_start = match error.line() {
+        0 | 1 => 0,
+        line => text
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(line - 2)
+            .map_or(text.len(), |(at, _)| at + 1),
+    };
+    line_start + error.column() >= text.len()
 }
 
 #[cfg(test)]
@@ -246,7 +261,7 @@ mod tests {
     #[test]
     fn full_documents_and_changes_read_alike_in_slices_of_any_size() {
         let full = br#" {"x": {"flows": 1}, "flows": [ {"id": "a", "s": "]}"} , 7,"s"], "version": "9"} "#;
-        let changes = br#"{"version":12,"changed":[{"id":"b"}],"removed":["c", "d"]}"#;
+        let changes = br#"{"version":12,"changed":[{"id":"b","n":-1.5e3}],"removed":["c", "d"]}"#;
         for size in [1, 2, 3, 7, 64] {
             assert_eq!(
                 read(full, size).unwrap(),
@@ -263,7 +278,7 @@ mod tests {
             );
             let expected = vec![
                 "version 12".into(),
-                r#"{"id":"b"}"#.into(),
+                r#"{"id":"b","n":-1.5e3}"#.into(),
                 "removed c".into(),
                 "removed d".into(),
             ];

@@ -345,11 +345,8 @@ fn a_rejected_entry_keeps_its_last_valid_version_through_full_documents_and_chan
     );
     let bogus = flow("f-1", "bogus");
     let bad_new = json!({"id": "f-bad", "ref_id": "w", "status": "live", "token_sha256": ["not-hex"]});
-    process.serve(
-        200,
-        &full(&[bogus.clone(), flow("f-2", "paused"), bad_new.clone()], Some("2")),
-        "\"b\"",
-    );
+    let entries = [bogus.clone(), flow("f-2", "paused"), bad_new.clone()];
+    process.serve(200, &full(&entries, Some("2")), "\"b\"");
     assert_eq!(
         process.status("f-1"),
         vec![Some(FlowStatus::Live); 2],
@@ -378,6 +375,18 @@ fn a_rejected_entry_keeps_its_last_valid_version_through_full_documents_and_chan
     process.serve(200, &changes(vec![flow("f-1", "paused")], vec!["f-bad"]), "\"d\"");
     assert_eq!(process.vms[0].host.gauges.get(&Gauge::EntriesRejected), Some(&0));
     assert_eq!(process.status("f-1"), vec![Some(FlowStatus::Paused); 2]);
+}
+
+/// As for static flows: a rejected entry does not claim its id, so a later valid one of the
+/// same id applies; a second valid one is a duplicate.
+#[test]
+fn only_valid_entries_claim_their_id() {
+    let mut process = Process::new(1, None);
+    let entries = [flow("f-3", "bogus"), flow("f-3", "live"), flow("f-3", "paused")];
+    process.serve(200, &full(&entries, None), "\"a\"");
+    assert_eq!(process.status("f-3"), vec![Some(FlowStatus::Live)]);
+    let logs = process.vms[0].host.logs.join("\n");
+    assert!(logs.contains("flows[2] (id \"f-3\"): duplicate flow id"), "{logs}");
 }
 
 #[test]
