@@ -42,9 +42,11 @@ pub enum Level {
 #[derive(Debug)]
 pub enum Serving {
     Flows(Rc<Flows>),
-    /// The flow table in shared data; records below `floor` are gone.
+    /// The flow table in shared data as published: records below `floor` are gone, and a
+    /// new `generation` means something changed.
     Table {
         floor: u64,
+        generation: u64,
     },
 }
 
@@ -165,9 +167,10 @@ impl Sync {
         if self.seen.as_ref() == Some(&now) {
             return;
         }
-        if self.seen.as_ref().map(|s| s.floor) != Some(now.floor) {
-            host.serve(Serving::Table { floor: now.floor });
-        }
+        host.serve(Serving::Table {
+            floor: now.floor,
+            generation: now.generation,
+        });
         host.gauge(Gauge::FlowsLoaded, now.flows);
         host.gauge(Gauge::EntriesRejected, now.rejected);
         self.fallback = None;

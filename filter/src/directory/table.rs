@@ -1,6 +1,7 @@
-//! A VM's view of the flow table in shared data: each request reads its flow's record
-//! (one host call, the record's bytes), and the flows this VM decoded are kept in a small
-//! cache, used while their record is byte for byte the same.
+//! A VM's view of the flow table in shared data. The flows this VM decoded are kept in a
+//! small cache; one checked since the last published change is used as it is (no host call),
+//! any other is read from its record (one host call) and decoded again only if the record's
+//! bytes changed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ struct Cached {
     record: Vec<u8>,
     flow: Rc<Flow>,
     used: u64,
+    /// The published generation it was last checked against.
+    checked: u64,
 }
 
 pub struct Table {
@@ -27,6 +30,8 @@ pub struct Table {
     read: Read,
     /// Records of a lower epoch are gone (see `Published::floor`).
     floor: Cell<u64>,
+    /// The last published generation this VM saw: a change publishes a new one.
+    generation: Cell<u64>,
     cache: RefCell<HashMap<String, Cached>>,
     uses: Cell<u64>,
 }
@@ -38,13 +43,16 @@ impl Table {
             builder,
             read,
             floor: Cell::new(floor),
+            generation: Cell::new(0),
             cache: RefCell::default(),
             uses: Cell::new(0),
         }
     }
 
-    pub fn set_floor(&self, floor: u64) {
+    /// What is published now: cached flows are checked again on their next request.
+    pub fn follow(&self, floor: u64, generation: u64) {
         self.floor.set(floor);
+        self.generation.set(generation);
     }
 
     /// Flows decoded now (for tests and the operations doc).
@@ -60,16 +68,21 @@ impl Table {
 
 impl Lookup for Table {
     fn flow(&self, id: &str) -> Option<Rc<Flow>> {
+        let (used, generation) = (self.uses.get() + 1, self.generation.get());
+        self.uses.set(used);
+        let mut cache = self.cache.borrow_mut();
+        if let Some(cached) = cache.get_mut(id).filter(|c| c.checked == generation) {
+            cached.used = used;
+            return Some(Rc::clone(&cached.flow));
+        }
         let record = (self.read)(&self.keys.flow(id))?;
         let (epoch, entry) = shared::entry(&record)?;
         if entry.is_empty() || epoch < self.floor.get() {
+            cache.remove(id);
             return None;
         }
-        let used = self.uses.get() + 1;
-        self.uses.set(used);
-        let mut cache = self.cache.borrow_mut();
         if let Some(cached) = cache.get_mut(id).filter(|c| c.record == record) {
-            cached.used = used;
+            (cached.used, cached.checked) = (used, generation);
             return Some(Rc::clone(&cached.flow));
         }
         let flow = self.decode(id, entry)?;
@@ -81,6 +94,7 @@ impl Lookup for Table {
             record,
             flow: Rc::clone(&flow),
             used,
+            checked: generation,
         };
         cache.insert(id.to_string(), cached);
         Some(flow)
@@ -123,10 +137,26 @@ mod tests {
         for gone in ["f-2", "f-3", "f-4", "f-5"] {
             assert!(table.flow(gone).is_none(), "{gone}");
         }
+        // A change is seen once it is published (the next tick), then decoded once.
         write("f-1", 1, &entry("f-1", "paused"));
-        assert_eq!(table.flow("f-1").unwrap().status, crate::schema::FlowStatus::Paused);
-        table.set_floor(2);
+        assert!(
+            Rc::ptr_eq(&first, &table.flow("f-1").unwrap()),
+            "seen before it was published"
+        );
+        table.follow(1, 1);
+        let paused = table.flow("f-1").unwrap();
+        assert_eq!(paused.status, crate::schema::FlowStatus::Paused);
+        table.follow(1, 2);
+        assert!(
+            Rc::ptr_eq(&paused, &table.flow("f-1").unwrap()),
+            "an unchanged record decoded again"
+        );
+        write("f-1", 1, b"");
+        table.follow(1, 3);
         assert!(table.flow("f-1").is_none());
+        write("f-1", 1, &entry("f-1", "live"));
+        table.follow(2, 4);
+        assert!(table.flow("f-1").is_none(), "below the floor");
     }
 
     #[test]

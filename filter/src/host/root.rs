@@ -110,14 +110,16 @@ impl Host for Calls<'_> {
         let mut flows = self.vm.flows.borrow_mut();
         *flows = match (serving, &*flows) {
             (Serving::Flows(static_flows), _) => Flowset::Flows(static_flows),
-            (Serving::Table { floor }, Flowset::Table(table)) => {
-                table.set_floor(floor);
+            (Serving::Table { floor, generation }, Flowset::Table(table)) => {
+                table.follow(floor, generation);
                 return;
             }
-            (Serving::Table { floor }, _) => {
+            (Serving::Table { floor, generation }, _) => {
                 let read = Box::new(|key: &str| abi::shared_data(key).0);
                 let builder = FlowsBuilder::new(self.vm.max_body_bytes);
-                Flowset::Table(Rc::new(Table::new(self.keys.clone(), builder, read, floor)))
+                let table = Table::new(self.keys.clone(), builder, read, floor);
+                table.follow(floor, generation);
+                Flowset::Table(Rc::new(table))
             }
         };
     }

@@ -12,8 +12,12 @@ use crate::{must_exist, repo_root};
 /// The per-connection buffer limit of envoy/envoy.yaml: the largest `max_body_bytes` (2 MiB).
 pub const BUFFER_LIMIT_BYTES: u64 = 2 * 1024 * 1024;
 
-/// The filter under test: the release `wasm32-wasip1` build.
+/// The filter under test: the release `wasm32-wasip1` build, or `$FLOWGATE_WASM` (another
+/// build, for a before/after bench).
 pub fn filter_wasm() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLOWGATE_WASM") {
+        return must_exist(PathBuf::from(path), "the filter named by FLOWGATE_WASM");
+    }
     must_exist(
         repo_root().join("target/wasm32-wasip1/release/flowgate.wasm"),
         "the filter (cargo build --release --target wasm32-wasip1 -p flowgate)",
@@ -144,6 +148,8 @@ pub struct EnvoyOptions {
     pub executor_protocol: ExecutorProtocol,
     /// Runtime keys of a static layer (`layered_runtime`), e.g. `http.async_response_buffer_limit`.
     pub runtime: Vec<(String, Value)>,
+    /// More top-level bootstrap fields, e.g. `memory_allocator_manager`.
+    pub bootstrap: Vec<(String, Value)>,
     /// The listener comes from a file through LDS, on a fixed port, so that a test can change it
     /// while Envoy runs ([`super::Envoy::update_listener`]).
     pub listener_from_file: bool,
@@ -172,6 +178,7 @@ impl EnvoyOptions {
             buffer_limit: BUFFER_LIMIT_BYTES,
             executor_protocol: ExecutorProtocol::Http1,
             runtime: Vec::new(),
+            bootstrap: Vec::new(),
             listener_from_file: false,
             routes: None,
             host_env: Vec::new(),
@@ -217,6 +224,11 @@ impl EnvoyOptions {
     }
 
     /// Routes of the listener (`route_config.virtual_hosts[].routes`), e.g. envoy/envoy.yaml's.
+    pub fn bootstrap(mut self, field: &str, value: Value) -> EnvoyOptions {
+        self.bootstrap.push((field.to_string(), value));
+        self
+    }
+
     pub fn routes(mut self, routes: Value) -> EnvoyOptions {
         self.routes = Some(routes);
         self
@@ -270,6 +282,9 @@ pub fn envoy_bootstrap(opts: &EnvoyOptions) -> Value {
     if !opts.runtime.is_empty() {
         let layer: serde_json::Map<String, Value> = opts.runtime.iter().cloned().collect();
         bootstrap["layered_runtime"] = json!({"layers": [{"name": "static", "static_layer": layer}]});
+    }
+    for (field, value) in &opts.bootstrap {
+        bootstrap[field] = value.clone();
     }
     bootstrap
 }

@@ -215,7 +215,7 @@ impl Process {
     fn lookup(&self, vm: usize, id: &str) -> Option<Rc<crate::flows::Flow>> {
         match self.vms[vm].host.serving.as_ref()? {
             Serving::Flows(flows) => flows.flow(id),
-            Serving::Table { floor } => {
+            Serving::Table { floor, .. } => {
                 let store = Rc::clone(&self.store);
                 let read: Read = Box::new(move |key| store.borrow_mut().get(key).0);
                 Table::new(Keys::scoped(CONFIG), FlowsBuilder::new(1024), read, *floor).flow(id)
