@@ -120,13 +120,19 @@ impl Apply {
         }
     }
 
-    /// The next item of the answer, reading the next slice when needed.
+    /// The next item of the answer, reading the next slice when needed (for the last time in
+    /// the second pass: it is freed at once).
     fn next(&mut self, store: &mut dyn Store, keys: &Keys) -> Result<Option<Item>, String> {
-        let (chunks, next_chunk) = (self.chunks, &mut self.next_chunk);
+        let (chunks, next_chunk, last) = (self.chunks, &mut self.next_chunk, self.pass == Pass::Write);
         self.scan.next(&mut || {
             let n = *next_chunk;
             *next_chunk += 1;
-            (n < chunks).then(|| store.get(&keys.chunk(n)).0.unwrap_or_default())
+            let key = keys.chunk(n);
+            let slice = (n < chunks).then(|| store.get(&key).0.unwrap_or_default());
+            if slice.is_some() && last {
+                store.set(&key, b"", 0);
+            }
+            slice
         })
     }
 

@@ -29,8 +29,13 @@ pub const FETCH_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_BACKOFF_MS: u64 = 60_000;
 /// The lease of a VM applying an answer, renewed while it works.
 pub const APPLY_LEASE_MS: u64 = 20_000;
-/// Time spent applying per tick (the longest a request of that VM waits for it).
+/// Time spent applying per tick (the longest a request of that VM waits for it), and on a VM
+/// that serves no requests (Envoy's main thread).
 pub const TICK_BUDGET_US: u64 = 3_000;
+pub const IDLE_TICK_BUDGET_US: u64 = 25_000;
+/// A VM that has served a request this recently is busy: it leaves an expired lease to an idle
+/// VM for one more tick, so that the main thread's VM, which serves none, fetches and applies.
+pub const BUSY_MS: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -56,6 +61,8 @@ pub trait Host: Store {
     fn fetch(&mut self, cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Option<u32>;
     /// Bytes of the answer being handled (during [`Sync::on_answer`] only).
     fn answer_body(&mut self, start: usize, length: usize) -> Vec<u8>;
+    /// Requests this VM has seen (it only grows).
+    fn requests(&mut self) -> u64;
     /// Microseconds on a clock that only goes forward, to time work.
     fn clock_us(&mut self) -> u64;
     fn tick_every(&mut self, ms: u64);
@@ -94,6 +101,9 @@ pub struct Sync {
     /// What this VM serves: `None` before anything was published.
     seen: Option<Published>,
     pending: Option<Pending>,
+    /// [`Host::requests`] at the last tick, and until when this VM counts as busy.
+    requests: u64,
+    busy_until_ms: u64,
 }
 
 /// The wait after `failures` failed fetches in a row.
@@ -116,11 +126,19 @@ impl Sync {
             started: false,
             seen: None,
             pending: None,
+            requests: 0,
+            busy_until_ms: 0,
         }
     }
 
     pub fn on_tick(&mut self, host: &mut impl Host) {
         let now_ms = host.now_ms();
+        let requests = host.requests();
+        if requests != self.requests {
+            self.requests = requests;
+            self.busy_until_ms = now_ms + BUSY_MS;
+        }
+        let busy = now_ms < self.busy_until_ms;
         let now = published(host, &self.keys);
         let first = !self.started;
         if first {
@@ -142,7 +160,7 @@ impl Sync {
             host.gauge(Gauge::AgeSeconds, now_ms.saturating_sub(seen.fetched_at_ms) / 1000);
         }
         if self.pending.as_ref().is_some_and(|p| p.applying.is_some()) {
-            self.apply(host, now_ms);
+            self.apply(host, now_ms, busy);
             return;
         }
         // A fetch whose answer never came is given up once its lease has run out.
@@ -151,7 +169,8 @@ impl Sync {
         }
         let (value, cas) = host.get(&self.keys.lease());
         let lease = Lease::decode(value.as_deref()).unwrap_or_default();
-        if self.pending.is_none() && now_ms >= lease.next_ms {
+        let grace = if busy { tick_ms(self.source.refresh_ms) } else { 0 };
+        if self.pending.is_none() && now_ms >= lease.next_ms + grace {
             let taken = Lease {
                 next_ms: now_ms + self.source.refresh_ms + FETCH_TIMEOUT_MS,
                 failures: lease.failures,
@@ -252,7 +271,7 @@ impl Sync {
     }
 
     /// One step of the answer being applied; publishes it once done.
-    fn apply(&mut self, host: &mut impl Host, now_ms: u64) {
+    fn apply(&mut self, host: &mut impl Host, now_ms: u64, busy: bool) {
         let Some(pending) = &mut self.pending else {
             return;
         };
@@ -282,7 +301,8 @@ impl Sync {
         // Steps until the tick's time is spent: the VM's requests wait at most that long.
         let started_us = host.clock_us();
         let mut progress = Progress::Working;
-        while progress == Progress::Working && host.clock_us().saturating_sub(started_us) < TICK_BUDGET_US {
+        let budget = if busy { TICK_BUDGET_US } else { IDLE_TICK_BUDGET_US };
+        while progress == Progress::Working && host.clock_us().saturating_sub(started_us) < budget {
             progress = applying.step(host, &self.keys, &self.builder);
         }
         let problems = applying.take_problems();

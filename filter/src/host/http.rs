@@ -96,6 +96,7 @@ impl Store for Calls<'_> {
 
 impl Http {
     pub fn new(vm: Rc<Vm>) -> Self {
+        vm.requests.set(vm.requests.get() + 1);
         Http {
             vm,
             stream: Stream::default(),

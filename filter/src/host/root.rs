@@ -39,6 +39,8 @@ impl Flowset {
 pub struct Vm {
     pub prefix: String,
     pub flows: RefCell<Flowset>,
+    /// Streams this VM has had (the directory's lease goes to idle VMs first).
+    pub requests: std::cell::Cell<u64>,
     /// The configuration's `max_body_bytes`.
     pub max_body_bytes: u64,
     pub metrics: Metrics,
@@ -81,6 +83,10 @@ impl Host for Calls<'_> {
 
     fn answer_body(&mut self, start: usize, length: usize) -> Vec<u8> {
         abi::buffer_at(Buffer::CallResponseBody, start, length)
+    }
+
+    fn requests(&mut self) -> u64 {
+        self.vm.requests.get()
     }
 
     fn clock_us(&mut self) -> u64 {
@@ -172,6 +178,7 @@ impl Root {
         self.vm = Some(Rc::new(Vm {
             prefix: config.webhook_path_prefix,
             flows: RefCell::new(flows),
+            requests: std::cell::Cell::new(0),
             max_body_bytes: config.max_body_bytes,
             metrics: Metrics::define(),
         }));

@@ -30,6 +30,7 @@ struct Fake {
     body: Vec<u8>,
     tokens: u32,
     clock_us: u64,
+    requests: u64,
 }
 
 impl Store for Fake {
@@ -54,6 +55,9 @@ impl Host for Fake {
     fn answer_body(&mut self, start: usize, length: usize) -> Vec<u8> {
         let end = (start + length).min(self.body.len());
         self.body.get(start..end).unwrap_or_default().to_vec()
+    }
+    fn requests(&mut self) -> u64 {
+        self.requests
     }
     fn clock_us(&mut self) -> u64 {
         self.clock_us += 700;
@@ -133,6 +137,7 @@ impl Process {
                         body: Vec::new(),
                         tokens: 0,
                         clock_us: 0,
+                        requests: 0,
                     },
                 }
             })
@@ -252,6 +257,10 @@ fn a_full_document_applies_in_steps_and_every_vm_serves_it() {
         process.vms.iter().all(|vm| vm.host.fetches.is_empty()),
         "fetched while configured"
     );
+    // Busy VMs: steps of 3 ms.
+    for vm in &mut process.vms {
+        vm.host.requests += 1;
+    }
     process.tick_all();
     assert!(process.status("f-1").iter().all(Option::is_none), "nothing served yet");
     let mut flows = generated(1200);
@@ -413,6 +422,37 @@ fn an_answer_that_is_not_a_flow_list_changes_nothing_and_backs_off() {
     process.advance(REFRESH);
     process.tick_all();
     assert!(process.vms.iter().any(|vm| !vm.host.fetches.is_empty()));
+}
+
+/// The VM that serves no requests (Envoy's main thread) fetches: a busy one leaves an expired
+/// lease to it for a tick, and takes it after that if nobody else does.
+#[test]
+fn an_idle_vm_fetches_before_busy_ones() {
+    let mut process = Process::new(3, None);
+    process.serve(304, b"", "\"a\"");
+    for round in 1..=3 {
+        for vm in [0, 2] {
+            process.vms[vm].host.requests += 1;
+        }
+        process.advance(REFRESH);
+        process.tick_all();
+        let fetched: Vec<usize> = (0..3).filter(|&vm| !process.vms[vm].host.fetches.is_empty()).collect();
+        assert_eq!(fetched, vec![1], "round {round}");
+        let (token, _) = process.take_fetch(1).unwrap();
+        process.answer(1, token, 304, b"", "\"a\"");
+    }
+    // With no idle VM, a busy one fetches a tick later.
+    let mut busy = Process::new(2, None);
+    busy.serve(304, b"", "\"a\"");
+    for vm in 0..2 {
+        busy.vms[vm].host.requests += 1;
+    }
+    busy.advance(REFRESH);
+    busy.tick_all();
+    assert!(busy.vms.iter().all(|vm| vm.host.fetches.is_empty()));
+    busy.advance(crate::directory::tick_ms(REFRESH));
+    busy.tick_all();
+    assert_eq!(busy.vms.iter().filter(|vm| !vm.host.fetches.is_empty()).count(), 1);
 }
 
 #[test]
