@@ -13,9 +13,8 @@ use crate::render::{self, ResponseTemplate};
 use crate::schema::{self, ConfigError, DedupeKey, FlowEntry, FlowStatus, DEFAULT_CONTENT_TYPE};
 use crate::verify::{self, Verifier};
 
-/// Entries built per step: a few milliseconds of work, so requests between directory
-/// loading steps are never held up for long, and a configuration's flows are never held
-/// whole as JSON.
+/// Entries built per step of a configuration's flows: one template environment each, and
+/// a configuration's flows are never held whole as JSON.
 pub const ENTRIES_PER_STEP: usize = 250;
 
 /// Sync flows answer with the flow output; async flows answer once the run is queued.
@@ -84,25 +83,6 @@ impl Flows {
     }
 }
 
-/// A flow set under construction, filled a chunk of entries at a time.
-#[derive(Debug, Default)]
-pub struct PartialFlows {
-    by_id: HashMap<String, Rc<Flow>>,
-    problems: Vec<ConfigError>,
-    /// Position of the next entry in the whole list (for error locations).
-    next_index: usize,
-}
-
-impl PartialFlows {
-    pub fn entries_added(&self) -> usize {
-        self.next_index
-    }
-
-    pub fn finish(self) -> (Flows, Vec<ConfigError>) {
-        (Flows { by_id: self.by_id }, self.problems)
-    }
-}
-
 /// Builds a flow set from JSON flow entries, checking their templates (one environment per chunk).
 pub struct FlowsBuilder {
     default_max_body_bytes: u64,
@@ -126,48 +106,33 @@ impl FlowsBuilder {
 
     /// All entries must be valid; the first problem is the error.
     pub fn strict(&self, entries: &[&RawValue]) -> Result<Flows, ConfigError> {
-        let mut partial = PartialFlows::default();
-        for chunk in entries.chunks(ENTRIES_PER_STEP) {
-            let texts = chunk.iter().map(|raw| raw.get().as_bytes());
-            self.add_texts(&mut partial, texts, &Flows::default());
-            if let Some(problem) = partial.problems.first() {
-                return Err(problem.clone());
-            }
+        let texts: Vec<&[u8]> = entries.iter().map(|raw| raw.get().as_bytes()).collect();
+        let (flows, problems) = self.lenient(&texts);
+        match problems.into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(flows),
         }
-        Ok(partial.finish().0)
     }
 
-    /// Invalid entries are skipped and returned as problems; a skipped flow keeps its
-    /// version from `previous`, if it had one.
-    pub fn lenient(&self, entries: &[&[u8]], previous: &Flows) -> (Flows, Vec<ConfigError>) {
-        let mut partial = PartialFlows::default();
-        for chunk in entries.chunks(ENTRIES_PER_STEP) {
-            self.add_texts(&mut partial, chunk.iter().copied(), previous);
-        }
-        partial.finish()
-    }
-
-    /// Reads and adds the next chunk of entries (JSON texts) to a flow set under construction.
-    pub fn add_texts<'t>(&self, partial: &mut PartialFlows, texts: impl Iterator<Item = &'t [u8]>, previous: &Flows) {
-        let entries = self.build(partial.next_index, texts);
-        partial.next_index += entries.len();
-        for (index, (text, flow)) in (partial.next_index - entries.len()..).zip(entries) {
-            match flow {
-                Ok(flow) if partial.by_id.contains_key(&flow.id) => {
-                    let at = schema::flow_at(index, &flow.id);
-                    partial.problems.push(schema::error(at, "duplicate flow id".into()));
-                }
-                Ok(flow) => {
-                    partial.by_id.insert(flow.id.clone(), Rc::new(flow));
-                }
-                Err(problem) => {
-                    if let Some(old) = schema::entry_id(text).and_then(|id| previous.get(&id)) {
-                        partial.by_id.entry(old.id.clone()).or_insert_with(|| Rc::clone(old));
+    /// Invalid entries, and repeats of an id, are skipped and returned as problems.
+    pub fn lenient(&self, entries: &[&[u8]]) -> (Flows, Vec<ConfigError>) {
+        let (mut by_id, mut problems) = (HashMap::new(), Vec::new());
+        for (n, chunk) in entries.chunks(ENTRIES_PER_STEP).enumerate() {
+            let first = n * ENTRIES_PER_STEP;
+            for (index, (_, flow)) in (first..).zip(self.build(first, chunk.iter().copied())) {
+                match flow {
+                    Ok(flow) if by_id.contains_key(&flow.id) => {
+                        let at = schema::flow_at(index, &flow.id);
+                        problems.push(schema::error(at, "duplicate flow id".into()));
                     }
-                    partial.problems.push(problem);
+                    Ok(flow) => {
+                        by_id.insert(flow.id.clone(), Rc::new(flow));
+                    }
+                    Err(problem) => problems.push(problem),
                 }
             }
         }
+        (Flows { by_id }, problems)
     }
 
     /// Reads and checks a chunk of entries (JSON texts) numbered from `first` (one template
@@ -313,12 +278,8 @@ mod tests {
     }
 
     #[test]
-    fn lenient_loading_keeps_the_last_valid_version_of_a_broken_flow() {
+    fn lenient_loading_skips_broken_entries() {
         let builder = FlowsBuilder::new(DEFAULT_MAX_BODY_BYTES);
-        let (first, _) = builder.lenient(
-            &[&flow(serde_json::json!({})), &flow(serde_json::json!({"id": "f-2"}))],
-            &Flows::default(),
-        );
         let entries = [
             flow(serde_json::json!({"status": "bogus"})),
             flow(serde_json::json!({"id": "f-2", "status": "paused"})),
@@ -326,7 +287,7 @@ mod tests {
             b"7".to_vec(),
         ];
         let texts: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
-        let (second, problems) = builder.lenient(&texts, &first);
+        let (second, problems) = builder.lenient(&texts);
         let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             problems,
@@ -336,7 +297,7 @@ mod tests {
                 "flows[3] (id \"?\"): must be a JSON object",
             ]
         );
-        assert_eq!(second.get("f-1").unwrap().status, FlowStatus::Live);
+        assert!(second.get("f-1").is_none());
         assert_eq!(second.get("f-2").unwrap().status, FlowStatus::Paused);
         assert!(second.get("f-3").is_none());
     }
@@ -351,7 +312,7 @@ mod tests {
             flow(serde_json::json!({"id": "f-4", "methods": ["GET", "put"]})),
         ];
         let texts: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
-        let (flows, problems) = builder.lenient(&texts, &Flows::default());
+        let (flows, problems) = builder.lenient(&texts);
         let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             problems,
@@ -380,7 +341,7 @@ mod tests {
             flow(serde_json::json!({"id": "f-4", "token_sha256": null, "verify": verify("hubspot"), "dedupe": dedupe})),
         ];
         let texts: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
-        let (flows, problems) = builder.lenient(&texts, &Flows::default());
+        let (flows, problems) = builder.lenient(&texts);
         let key = |id: &str| flows.get(id).unwrap().controls.dedupe.clone().unwrap().key;
         assert_eq!(key("f-1"), DedupeKey::Header("x-github-delivery".into()));
         assert_eq!(key("f-2"), DedupeKey::Body("/id".into()));

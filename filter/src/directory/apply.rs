@@ -47,10 +47,10 @@ pub struct Apply {
     etag: String,
     fetched_at_ms: u64,
     size: usize,
-    chunks: usize,
+    slices: usize,
     pass: Pass,
     scan: Scan,
-    next_chunk: usize,
+    next_slice: usize,
     version: Option<String>,
     form: Form,
     epoch: u64,
@@ -77,13 +77,13 @@ impl Apply {
     pub fn new(base: Published, size: usize, etag: String, fetched_at_ms: u64) -> Apply {
         Apply {
             size,
-            chunks: size.div_ceil(SLICE_BYTES),
+            slices: size.div_ceil(SLICE_BYTES),
             base,
             etag,
             fetched_at_ms,
             pass: Pass::Check,
             scan: Scan::default(),
-            next_chunk: 0,
+            next_slice: 0,
             version: None,
             form: Form::Full,
             epoch: 0,
@@ -123,12 +123,12 @@ impl Apply {
     /// The next item of the answer, reading the next slice when needed (for the last time in
     /// the second pass: it is freed at once).
     fn next(&mut self, store: &mut dyn Store, keys: &Keys) -> Result<Option<Item>, String> {
-        let (chunks, next_chunk, last) = (self.chunks, &mut self.next_chunk, self.pass == Pass::Write);
+        let (slices, next_slice, last) = (self.slices, &mut self.next_slice, self.pass == Pass::Write);
         self.scan.next(&mut || {
-            let n = *next_chunk;
-            *next_chunk += 1;
-            let key = keys.chunk(n);
-            let slice = (n < chunks).then(|| store.get(&key).0.unwrap_or_default());
+            let n = *next_slice;
+            *next_slice += 1;
+            let key = keys.slice(n);
+            let slice = (n < slices).then(|| store.get(&key).0.unwrap_or_default());
             if slice.is_some() && last {
                 store.set(&key, b"", 0);
             }
@@ -145,7 +145,7 @@ impl Apply {
                     self.form = self.scan.form().unwrap_or(Form::Full);
                     self.pass = Pass::Write;
                     self.scan = Scan::default();
-                    self.next_chunk = 0;
+                    self.next_slice = 0;
                     match self.form {
                         Form::Full => {
                             self.epoch = (self.base.floor + 1).max(self.fetched_at_ms);
@@ -273,20 +273,15 @@ impl Apply {
 
     /// Frees the slices of the answer.
     fn clear(&mut self, store: &mut dyn Store, keys: &Keys) {
-        for n in 0..self.chunks {
-            store.set(&keys.chunk(n), b"", 0);
+        for n in 0..self.slices {
+            store.set(&keys.slice(n), b"", 0);
         }
-        self.chunks = 0;
+        self.slices = 0;
     }
 
     /// The answer's size in bytes.
     pub fn size(&self) -> usize {
         self.size
-    }
-
-    /// Whether anything in the table changed (an answer identical to what is in force does not).
-    pub fn changed(&self) -> bool {
-        self.changed
     }
 }
 

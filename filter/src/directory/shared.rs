@@ -1,7 +1,7 @@
 //! What the VMs of one Envoy process share about the directory (Envoy shared data, one
 //! store per `vm_id`), as bytes, under keys scoped to the plugin configuration: the lease,
 //! the published record, one record per flow, the ids whose entries were rejected, and the
-//! chunks of an answer being applied.
+//! slices of an answer being applied.
 
 use sha2::{Digest, Sha256};
 
@@ -49,7 +49,7 @@ impl Keys {
     }
 
     /// The `n`th slice of an answer being applied.
-    pub fn chunk(&self, n: usize) -> String {
+    pub fn slice(&self, n: usize) -> String {
         format!("{}directory.answer.{n}", self.prefix)
     }
 }

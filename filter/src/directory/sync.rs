@@ -259,10 +259,10 @@ impl Sync {
             self.settle(host, true);
             return;
         }
-        let chunks = answer.size.div_ceil(SLICE_BYTES);
-        for n in 0..chunks {
+        let slices = answer.size.div_ceil(SLICE_BYTES);
+        for n in 0..slices {
             let slice = host.answer_body(n * SLICE_BYTES, SLICE_BYTES);
-            host.set(&self.keys.chunk(n), &slice, 0);
+            host.set(&self.keys.slice(n), &slice, 0);
         }
         let fetched_at_ms = host.now_ms();
         let etag = answer.etag.unwrap_or_default();

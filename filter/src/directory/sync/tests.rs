@@ -122,8 +122,7 @@ impl Process {
         store.borrow_mut().now_ms = 1_000_000;
         let vms = (0..vms)
             .map(|_| {
-                let fallback =
-                    fallback.map(|flows| FlowsBuilder::new(1024).lenient(&texts(flows), &Flows::default()).0);
+                let fallback = fallback.map(|flows| FlowsBuilder::new(1024).lenient(&texts(flows)).0);
                 Vm {
                     sync: Sync::new(source(), Keys::scoped(CONFIG), FlowsBuilder::new(1024), fallback),
                     host: Fake {
@@ -285,7 +284,7 @@ fn a_full_document_applies_in_steps_and_every_vm_serves_it() {
     }
     // The slices of the answer are freed.
     assert_eq!(
-        process.store.borrow_mut().get(&Keys::scoped(CONFIG).chunk(0)).0,
+        process.store.borrow_mut().get(&Keys::scoped(CONFIG).slice(0)).0,
         Some(Vec::new())
     );
 }
