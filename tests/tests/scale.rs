@@ -11,7 +11,7 @@
 //! happened, against its worst over 200 replies after; Envoy's RSS over a plain Envoy's 2 s
 //! after and 20 s after (tcmalloc gives freed memory back on `memory_allocator_manager`'s
 //! interval); a pause of the last flow until 20 replies in a row are paused, and the directory
-//! bytes it moved; and wrk (`-t1 -c16`, 3 runs of 4 s, medians) on a wrong token for the last flow (the lookup and
+//! bytes that pause and the unpause after it moved; and wrk (`-t1 -c16`, 3 runs of 4 s, medians) on a wrong token for the last flow (the lookup and
 //! the refusal, no executor) and on the seed flow f-1001: req/s and Envoy's worker CPU per request.
 
 use std::path::{Path, PathBuf};
@@ -193,7 +193,7 @@ fn load(envoy: &Envoy, kind: Kind) -> (f64, f64) {
     let runs: Vec<(f64, f64)> = (0..3)
         .map(|_| {
             let cpu = worker_cpu_us(envoy.pid());
-            let summary = Wrk::start(envoy.port(), &[kind.clone()], &options).wait(Duration::from_secs(30));
+            let summary = Wrk::start(envoy.port(), std::slice::from_ref(&kind), &options).wait(Duration::from_secs(30));
             let cpu = worker_cpu_us(envoy.pid()) - cpu;
             (summary.rate(), cpu / summary.requests.max(1) as f64)
         })
@@ -373,11 +373,11 @@ fn scale() {
          - worst reply while loading: a prober's wrong token for f-1001 every 5 ms until then (its worst over \
          200 replies after).\n\
          - RSS over plain: 2 s after serving / 20 s after.\n\
-         - pause: from pausing the last flow in the executor until 20 replies in a row are paused, and the \
-         directory bytes fetched meanwhile.\n\
+         - pause: from pausing the last flow in the executor until 20 replies in a row are paused; then it \
+         is unpaused, and the directory bytes fetched for both changes.\n\
          - 401 on the last flow (the lookup and the refusal, no executor) and sync on the seed flow f-1001 \
          (executor-bound): wrk -t1 -c16, the median of 3 runs of 4 s: req/s / Envoy worker CPU µs per request.\n\n\
-         | peer | workers | flows | serving (ms) | worst reply while loading, ms (after) | RSS over plain, MiB (2 s / 20 s) | pause applies (ms) | pause moved (bytes) | 401 last flow: req/s / µs | sync: req/s / µs |\n\
+         | peer | workers | flows | serving (ms) | worst reply while loading, ms (after) | RSS over plain, MiB (2 s / 20 s) | pause applies (ms) | pause + unpause moved (bytes) | 401 last flow: req/s / µs | sync: req/s / µs |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         today(),
         plains.join(", "),

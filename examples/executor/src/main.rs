@@ -16,10 +16,12 @@
 //!
 //! This file parses the arguments and runs the HTTP server (axum on hyper and tokio: HTTP/1.1 and
 //! HTTP/2 prior knowledge, every connection served however many arrive at once); see `flows.rs`
-//! (definitions and step evaluation), `queue.rs` (run store and worker) and `server.rs`
+//! (definitions and step evaluation), `directory.rs` (the flow set, its versions and deltas),
+//! `queue.rs` (run store and worker) and `server.rs`
 //! (endpoints). Endpoints block (SQLite, injected delays), so each request runs on tokio's
 //! blocking pool and never holds up the connections' event loop.
 
+mod directory;
 mod flows;
 mod queue;
 mod server;
