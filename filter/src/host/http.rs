@@ -5,7 +5,6 @@ use std::rc::Rc;
 
 use super::abi::{self, Buffer, Map};
 use super::root::Vm;
-use crate::delivery::Store;
 use crate::metrics::Counter;
 use crate::reply::Reply;
 use crate::stream::{Action, Host, Site, Stream};
@@ -79,20 +78,8 @@ impl Host for Calls<'_> {
     }
 }
 
-/// Envoy's shared data (delivery controls).
-impl Store for Calls<'_> {
-    fn get(&mut self, key: &str) -> (Option<Vec<u8>>, u32) {
-        abi::shared_data(key)
-    }
-
-    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
-        abi::set_shared_data(key, value, cas)
-    }
-
-    fn now_ms(&mut self) -> u64 {
-        abi::now_ms()
-    }
-}
+// Envoy's shared data (delivery controls).
+envoy_store!(Calls<'_>);
 
 impl Http {
     pub fn new(vm: Rc<Vm>) -> Self {

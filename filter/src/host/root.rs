@@ -13,7 +13,6 @@ use crate::directory::shared::Keys;
 use crate::directory::sync::{Answer, Counter, Gauge, Host, Level, Serving, Sync};
 use crate::directory::table::Table;
 use crate::flows::{Flows, FlowsBuilder, Lookup};
-use crate::store::Store;
 
 /// Where this VM's requests find their flows.
 #[derive(Default)]
@@ -62,19 +61,8 @@ struct Calls<'a> {
     keys: &'a Keys,
 }
 
-impl Store for Calls<'_> {
-    fn get(&mut self, key: &str) -> (Option<Vec<u8>>, u32) {
-        abi::shared_data(key)
-    }
-
-    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
-        abi::set_shared_data(key, value, cas)
-    }
-
-    fn now_ms(&mut self) -> u64 {
-        abi::now_ms()
-    }
-}
+// The flow table and the lease in Envoy's shared data.
+envoy_store!(Calls<'_>);
 
 impl Host for Calls<'_> {
     fn fetch(&mut self, cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Option<u32> {
