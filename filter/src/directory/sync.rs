@@ -47,9 +47,10 @@ pub enum Level {
 #[derive(Debug)]
 pub enum Serving {
     Flows(Rc<Flows>),
-    /// The flow table in shared data as published: records below `floor` are gone, and a
-    /// new `generation` means something changed.
+    /// The flow table in shared data under `keys`, as published: records below `floor` are
+    /// gone, and a new `generation` means something changed.
     Table {
+        keys: Keys,
         floor: u64,
         generation: u64,
     },
@@ -187,6 +188,7 @@ impl Sync {
             return;
         }
         host.serve(Serving::Table {
+            keys: self.keys.clone(),
             floor: now.floor,
             generation: now.generation,
         });

@@ -51,14 +51,13 @@ const LOG_LEVEL_CHECK_MS: u64 = 1000;
 #[derive(Default)]
 pub struct Root {
     vm: Option<Rc<Vm>>,
-    directory: Option<(Sync, Keys)>,
+    directory: Option<Sync>,
     last_tick_ms: u64,
 }
 
 /// The sync's host: this VM, and the directory's answer while one is handled.
 struct Calls<'a> {
     vm: &'a Vm,
-    keys: &'a Keys,
 }
 
 // The flow table and the lease in Envoy's shared data.
@@ -104,14 +103,21 @@ impl Host for Calls<'_> {
         let mut flows = self.vm.flows.borrow_mut();
         *flows = match (serving, &*flows) {
             (Serving::Flows(static_flows), _) => Flowset::Flows(static_flows),
-            (Serving::Table { floor, generation }, Flowset::Table(table)) => {
+            (Serving::Table { floor, generation, .. }, Flowset::Table(table)) => {
                 table.follow(floor, generation);
                 return;
             }
-            (Serving::Table { floor, generation }, _) => {
+            (
+                Serving::Table {
+                    keys,
+                    floor,
+                    generation,
+                },
+                _,
+            ) => {
                 let read = Box::new(|key: &str| abi::shared_data(key).0);
                 let builder = FlowsBuilder::new(self.vm.max_body_bytes);
-                let table = Table::new(self.keys.clone(), builder, read, floor);
+                let table = Table::new(keys, builder, read, floor);
                 table.follow(floor, generation);
                 Flowset::Table(Rc::new(table))
             }
@@ -126,7 +132,7 @@ impl Root {
     }
 
     pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
-        let (Some(vm), Some((sync, keys))) = (&self.vm, &mut self.directory) else {
+        let (Some(vm), Some(sync)) = (&self.vm, &mut self.directory) else {
             return;
         };
         let header = |name| abi::header(Map::CallResponseHeaders, name);
@@ -135,7 +141,7 @@ impl Root {
             etag: header("etag").map(|e| String::from_utf8_lossy(&e).into_owned()),
             size: body_size,
         };
-        sync.on_answer(&mut Calls { vm, keys }, token, answer);
+        sync.on_answer(&mut Calls { vm }, token, answer);
     }
 
     pub fn on_configure(&mut self, size: usize) -> bool {
@@ -155,8 +161,7 @@ impl Root {
             Some(source) => {
                 let fallback = (!config.flows.is_empty()).then_some(config.flows);
                 let builder = FlowsBuilder::new(config.max_body_bytes);
-                let keys = Keys::scoped(&json);
-                self.directory = Some((Sync::new(source, keys.clone(), builder, fallback), keys));
+                self.directory = Some(Sync::new(source, Keys::scoped(&json), builder, fallback));
             }
             None => {
                 flows = Flowset::Flows(Rc::new(config.flows));
@@ -180,8 +185,8 @@ impl Root {
             super::logger::follow_host_level();
         }
         self.last_tick_ms = now_ms;
-        if let (Some(vm), Some((sync, keys))) = (&self.vm, &mut self.directory) {
-            sync.on_tick(&mut Calls { vm, keys });
+        if let (Some(vm), Some(sync)) = (&self.vm, &mut self.directory) {
+            sync.on_tick(&mut Calls { vm });
         }
     }
 }
